@@ -1,0 +1,1 @@
+//! Programs that embed Switchyard crates live in `examples/`; see each file.
