@@ -1,0 +1,2 @@
+//! Fast mock upstream (work in progress).
+fn main() {}
