@@ -88,7 +88,8 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Send one request. Resolves when the response head is known; a streamed body
     /// follows in [`ResponseBody::Stream`].
-    fn send(&self, request: BackendRequest) -> BoxFuture<'_, Result<BackendResponse, BackendError>>;
+    fn send(&self, request: BackendRequest)
+    -> BoxFuture<'_, Result<BackendResponse, BackendError>>;
 
     /// The models this backend serves, as it reports them.
     fn models(&self) -> BoxFuture<'_, Result<Vec<Model>, BackendError>>;
@@ -174,14 +175,18 @@ impl BackendResponse {
     /// A complete JSON response with status 200.
     pub fn json(body: Bytes) -> Self {
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        headers
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
         BackendResponse { status: StatusCode::OK, headers, body: ResponseBody::Full(body) }
     }
 
     /// A server-sent-events response with status 200.
     pub fn event_stream(body: BodyStream) -> Self {
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
         BackendResponse { status: StatusCode::OK, headers, body: ResponseBody::Stream(body) }
     }
 }

@@ -730,7 +730,8 @@ mod tests {
 
     #[test]
     fn error_body_has_openai_shape() {
-        let body = ErrorBody::new("no such model", "invalid_request_error", Some("model_not_found"));
+        let body =
+            ErrorBody::new("no such model", "invalid_request_error", Some("model_not_found"));
         assert_eq!(
             serde_json::to_value(&body).unwrap(),
             json!({"error": {"message": "no such model", "type": "invalid_request_error",

@@ -212,8 +212,16 @@ mod tests {
             (Endpoint::ChatCompletions, br#"{"model":5}"#, "invalid type: integer `5`"),
             (Endpoint::ChatCompletions, br#"{"model":"m"}"#, "missing field `messages`"),
             (Endpoint::ChatCompletions, br#"{"model":"m","messages":[]}"#, "must not be empty"),
-            (Endpoint::ChatCompletions, br#"{"model":"m","messages":[{}]}"#, "missing field `role`"),
-            (Endpoint::ChatCompletions, br#"{"model":"m","messages":[],"stream":"yes"}"#, "invalid type"),
+            (
+                Endpoint::ChatCompletions,
+                br#"{"model":"m","messages":[{}]}"#,
+                "missing field `role`",
+            ),
+            (
+                Endpoint::ChatCompletions,
+                br#"{"model":"m","messages":[],"stream":"yes"}"#,
+                "invalid type",
+            ),
             (Endpoint::Completions, br#"{"model":"m"}"#, "missing field `prompt`"),
             (Endpoint::Embeddings, br#"{"model":"m"}"#, "missing field `input`"),
             (Endpoint::Embeddings, br#"{"model":"","input":"x"}"#, "must not be empty"),
@@ -232,9 +240,8 @@ mod tests {
 
     #[test]
     fn escaped_model_names_are_decoded() {
-        let meta =
-            RequestMeta::parse(Endpoint::Completions, br#"{"model":"a\/b","prompt":[1,2]}"#)
-                .unwrap();
+        let meta = RequestMeta::parse(Endpoint::Completions, br#"{"model":"a\/b","prompt":[1,2]}"#)
+            .unwrap();
         assert_eq!(meta.model, "a/b");
     }
 }

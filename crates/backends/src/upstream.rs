@@ -1,0 +1,330 @@
+//! One upstream exchange with its timeouts: send, wait for the head within the
+//! first-byte timeout, then either collect the body within the total timeout or relay it
+//! as a stream with an idle-gap and a total limit. Shared by every adapter.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_core::Stream;
+use http::header::{self, HeaderMap, HeaderName};
+use http::response::Parts;
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use serde::{Deserialize, Serialize};
+use switchyard_core::{BackendError, BodyStream, ErrorCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+use crate::client::HttpClient;
+
+/// Per-backend time limits.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect. Default 5 s.
+    pub connect: Duration,
+    /// From sending the request to the response head. Default 30 s.
+    pub first_byte: Duration,
+    /// Whole non-streaming exchange. Default 30 s.
+    pub total: Duration,
+    /// Longest gap between two chunks of a stream. Default 60 s.
+    pub idle: Duration,
+    /// Whole streaming exchange. Default 300 s.
+    pub streaming_total: Duration,
+}
+
+/// Largest non-streaming response body accepted from a backend.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A sent request's head and body, with the connection permit it holds.
+pub(crate) struct Exchange {
+    pub(crate) parts: Parts,
+    pub(crate) body: Incoming,
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    pub(crate) started: Instant,
+}
+
+pin_project! {
+    /// A response body relayed chunk by chunk, ended by an error if the upstream stalls
+    /// longer than the idle timeout or runs past the total limit.
+    pub(crate) struct UpstreamStream {
+        #[pin]
+        body: Incoming,
+        #[pin]
+        timer: Sleep,
+        idle: Duration,
+        deadline: Instant,
+        last_data: Instant,
+        backend: Arc<str>,
+        done: bool,
+        permit: Option<OwnedSemaphorePermit>,
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(30),
+            total: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+            streaming_total: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Send `request` and wait for the response head within `first_byte`. Waiting for a
+/// free connection slot counts against the same limit.
+pub(crate) async fn exchange(
+    client: &HttpClient,
+    limit: &Arc<Semaphore>,
+    backend: &str,
+    request: http::Request<Full<Bytes>>,
+    first_byte: Duration,
+) -> Result<Exchange, BackendError> {
+    let started = Instant::now();
+    let deadline = started + first_byte;
+    let permit = match tokio::time::timeout_at(deadline, limit.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Some(permit),
+        Ok(Err(_closed)) => None,
+        Err(_) => {
+            return Err(BackendError::new(
+                ErrorCode::UpstreamTimeout,
+                format!("backend `{backend}`: no free connection within {first_byte:?}"),
+            ));
+        }
+    };
+    let response = match tokio::time::timeout_at(deadline, client.inner.request(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => return Err(client_error(backend, &error)),
+        Err(_) => {
+            return Err(BackendError::new(
+                ErrorCode::UpstreamTimeout,
+                format!("backend `{backend}` sent no response within {first_byte:?}"),
+            ));
+        }
+    };
+    let (parts, body) = response.into_parts();
+    Ok(Exchange { parts, body, permit, started })
+}
+
+impl Exchange {
+    /// Read the whole body, within what is left of `total` since the request started.
+    pub(crate) async fn collect(
+        self,
+        backend: &str,
+        total: Duration,
+    ) -> Result<(Parts, Bytes), BackendError> {
+        let deadline = self.started + total;
+        let limited = Limited::new(self.body, MAX_RESPONSE_BYTES);
+        match tokio::time::timeout_at(deadline, limited.collect()).await {
+            Ok(Ok(collected)) => Ok((self.parts, collected.to_bytes())),
+            Ok(Err(error)) => {
+                if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    Err(BackendError::new(
+                        ErrorCode::UpstreamInvalid,
+                        format!(
+                            "backend `{backend}`: response larger than {MAX_RESPONSE_BYTES} bytes"
+                        ),
+                    ))
+                } else {
+                    Err(BackendError::new(
+                        ErrorCode::UpstreamUnavailable,
+                        format!("backend `{backend}`: connection lost while reading the response"),
+                    ))
+                }
+            }
+            Err(_) => Err(BackendError::new(
+                ErrorCode::UpstreamTimeout,
+                format!("backend `{backend}` did not finish its response within {total:?}"),
+            )),
+        }
+    }
+
+    /// Relay the body as a stream with an idle-gap limit and a total limit.
+    pub(crate) fn into_stream(
+        self,
+        backend: &str,
+        idle: Duration,
+        total: Duration,
+    ) -> (Parts, UpstreamStream) {
+        let now = Instant::now();
+        let stream = UpstreamStream {
+            body: self.body,
+            timer: tokio::time::sleep_until(now + idle),
+            idle,
+            deadline: self.started + total,
+            last_data: now,
+            backend: Arc::from(backend),
+            done: false,
+            permit: self.permit,
+        };
+        (self.parts, stream)
+    }
+}
+
+impl UpstreamStream {
+    /// Box it as a core [`BodyStream`].
+    pub(crate) fn boxed(self) -> BodyStream {
+        Box::pin(self)
+    }
+}
+
+impl Stream for UpstreamStream {
+    type Item = Result<Bytes, BackendError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match this.body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        if data.is_empty() {
+                            continue;
+                        }
+                        *this.last_data = Instant::now();
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => {
+                    *this.done = true;
+                    this.permit.take();
+                    return Poll::Ready(Some(Err(BackendError::new(
+                        ErrorCode::UpstreamUnavailable,
+                        format!("backend `{}`: stream interrupted", this.backend),
+                    ))));
+                }
+                Poll::Ready(None) => {
+                    *this.done = true;
+                    this.permit.take();
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => break,
+            }
+        }
+        // One timer serves both limits; it is re-armed lazily instead of on every chunk.
+        loop {
+            ready!(this.timer.as_mut().poll(cx));
+            let now = Instant::now();
+            if now >= *this.deadline {
+                *this.done = true;
+                this.permit.take();
+                return Poll::Ready(Some(Err(BackendError::new(
+                    ErrorCode::UpstreamTimeout,
+                    format!("backend `{}`: stream exceeded the streaming timeout", this.backend),
+                ))));
+            }
+            let idle_deadline = *this.last_data + *this.idle;
+            if now >= idle_deadline {
+                *this.done = true;
+                this.permit.take();
+                return Poll::Ready(Some(Err(BackendError::new(
+                    ErrorCode::UpstreamTimeout,
+                    format!("backend `{}` sent nothing for {:?}", this.backend, this.idle),
+                ))));
+            }
+            this.timer.as_mut().reset(idle_deadline.min(*this.deadline));
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let hint = self.body.size_hint();
+        (0, hint.upper().map(|_| usize::MAX))
+    }
+}
+
+fn client_error(backend: &str, error: &hyper_util::client::legacy::Error) -> BackendError {
+    let message = if error.is_connect() {
+        format!("backend `{backend}` refused the connection or could not be reached")
+    } else {
+        format!("backend `{backend}` closed the connection before answering")
+    };
+    BackendError::new(ErrorCode::UpstreamUnavailable, message)
+}
+
+/// Headers that describe one connection, not the message: never relayed.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Response headers worth relaying to the client: end-to-end headers minus framing
+/// (`content-length` is recomputed by the server) and cookies.
+pub(crate) fn relay_headers(mut headers: HeaderMap) -> HeaderMap {
+    if let Some(named) = headers.get(header::CONNECTION).cloned()
+        && let Ok(named) = named.to_str()
+    {
+        for name in named.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::SET_COOKIE);
+    headers.remove(header::DATE);
+    headers.remove(header::SERVER);
+    headers
+}
+
+/// The delay a `Retry-After` header asks for (seconds form; HTTP dates are rare from
+/// LLM APIs and are treated as absent).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn relays_end_to_end_headers_only() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("99"));
+        let out = relay_headers(headers);
+        let names: Vec<_> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type", "x-ratelimit-remaining-requests"]);
+    }
+
+    #[test]
+    fn parses_retry_after_seconds() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("0.5"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_millis(500)));
+        headers
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        assert_eq!(retry_after(&headers), None);
+    }
+}
