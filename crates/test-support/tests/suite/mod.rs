@@ -1,0 +1,4 @@
+mod faults;
+mod lifecycle;
+mod openai;
+mod providers;
