@@ -1,0 +1,3 @@
+//! Selection benchmarks (work in progress).
+#![allow(missing_docs)]
+fn main() {}
