@@ -1,3 +1,4 @@
+mod bin;
 mod faults;
 mod lifecycle;
 mod openai;
