@@ -1,0 +1,2 @@
+//! Hot-path benchmarks.
+fn main() {}
