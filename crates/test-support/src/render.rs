@@ -15,6 +15,7 @@ use crate::{anthropic, gemini, openai};
 ///
 /// For a stream each frame is one SSE event; a non-streaming answer has one frame.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Rendered {
     /// The status code.
     pub status: StatusCode,
@@ -470,6 +471,80 @@ fn percent_decode(input: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::strategies;
+    use proptest::prelude::*;
+    use switchyard_core::sse::SseParser;
+
+    fn data_events(rendered: &Rendered) -> Vec<String> {
+        let mut parser = SseParser::new();
+        let events = parser.feed(&rendered.body());
+        assert!(!parser.finish(), "ends on an event boundary");
+        events.into_iter().map(|e| e.data).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn openai_stream_and_non_stream_agree(
+            mut request in strategies::chat_request(),
+            chunks in 0usize..12,
+            error_at in prop::option::of(0usize..14),
+        ) {
+            let script = Script::ok().chunks(chunks);
+            request["stream"] = json!(false);
+            let plain = request.to_string();
+            let whole = script.render(&Method::POST, "/v1/chat/completions", plain.as_bytes());
+            let whole: Value = serde_json::from_slice(&whole.body()).unwrap();
+            prop_assert_eq!(&whole["model"], &request["model"]);
+
+            request["stream"] = json!(true);
+            let streamed = request.to_string();
+            let script = match error_at { Some(k) => script.error_after(k), None => script };
+            let rendered = script.render(&Method::POST, "/v1/chat/completions", streamed.as_bytes());
+            prop_assert!(rendered.stream);
+            let events = data_events(&rendered);
+            prop_assert_eq!(events.len(), rendered.frames.len(), "one event per frame");
+            let mut text = String::new();
+            let mut content_events = 0;
+            for event in &events {
+                if event == "[DONE]" { continue; }
+                let chunk: Value = serde_json::from_str(event).unwrap();
+                if chunk.get("error").is_some() { continue; }
+                prop_assert_eq!(&chunk["model"], &request["model"]);
+                if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
+                    text.push_str(piece);
+                    content_events += 1;
+                }
+            }
+            match error_at {
+                None => {
+                    prop_assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+                    prop_assert_eq!(&Value::String(text), &whole["choices"][0]["message"]["content"]);
+                }
+                Some(k) => {
+                    prop_assert_eq!(content_events, k.min(chunks));
+                    prop_assert!(!events.iter().any(|e| e == "[DONE]"));
+                    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+                    prop_assert!(last.get("error").is_some());
+                }
+            }
+        }
+
+        #[test]
+        fn anthropic_tool_input_survives_any_split(chunks in 0usize..20, city in strategies::text()) {
+            let input = json!({"city": city, "n": 3});
+            let script = Script::ok().anthropic().chunks(chunks).tool_call("t", input.clone());
+            let rendered = script.render(&Method::POST, "/v1/messages", br#"{"model":"c","stream":true}"#);
+            let partial: String = data_events(&rendered)
+                .iter()
+                .map(|e| serde_json::from_str::<Value>(e).unwrap())
+                .filter(|e| e["type"] == "content_block_delta")
+                .map(|e| e["delta"]["partial_json"].as_str().unwrap().to_owned())
+                .collect();
+            prop_assert_eq!(serde_json::from_str::<Value>(&partial).unwrap(), input);
+        }
+    }
 
     #[test]
     fn split_text_is_lossless_and_even() {
