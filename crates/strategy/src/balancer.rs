@@ -70,7 +70,9 @@ mod tests {
         let old = balancer.selector();
         let a = old.position(&"a".into()).unwrap();
         let guard = old.start(a);
-        old.start(a).success(Duration::from_millis(40));
+        let mut done = old.start(a);
+        done.record_latency(Duration::from_millis(40));
+        done.success();
 
         let settings = StrategySettings {
             strategy: StrategyKind::LeastConnections,

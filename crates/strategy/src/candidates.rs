@@ -122,7 +122,8 @@ impl<'a> Candidates<'a> {
                     let start = sel.ring.partition_point(|p| p.0 < point) % sel.ring.len();
                     let total: u64 =
                         sel.active.iter().map(|&i| in_flight(&sel.entries[i as usize])).sum();
-                    let cap = (sel.load_factor * (total + 1) as f64 / m as f64).ceil() as u64;
+                    let cap =
+                        ((1.0 + sel.load_factor) * (total + 1) as f64 / m as f64).ceil() as u64;
                     State::Ring { start, pos: start, left: sel.ring.len(), cap, found: 0 }
                 }
                 _ => self.begin_fallback(),

@@ -61,8 +61,9 @@
 //! let picked = selector.select_with(&RequestKey::NONE, healthy).expect("a healthy backend");
 //! assert_eq!(selector.backend(picked).unwrap().id.as_str(), "backend1");
 //!
-//! let guard = selector.start(picked); // counts as in flight until finished or dropped
-//! guard.success(Duration::from_millis(120));
+//! let mut guard = selector.start(picked); // in flight until finished or dropped
+//! guard.record_latency(Duration::from_millis(120)); // when the response head arrives
+//! guard.success(); // when the body (or stream) is done
 //!
 //! // Smooth weighted round-robin: 3:1 interleaves rather than bursts.
 //! let names: String = (0..4)

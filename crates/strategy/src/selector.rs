@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 
 use switchyard_core::BackendId;
 
@@ -52,7 +53,7 @@ pub struct Selector {
     pub(crate) counter: AtomicUsize,
     pub(crate) load_factor: f64,
     pub(crate) exploration: f64,
-    alpha: f64,
+    decay: Duration,
 }
 
 /// A backend inside a selector, with its statistics cells.
@@ -163,7 +164,7 @@ impl Selector {
             counter: AtomicUsize::new(0),
             load_factor: settings.consistent_hash.load_factor,
             exploration: settings.least_latency.exploration,
-            alpha: settings.least_latency.alpha,
+            decay: settings.least_latency.decay,
         })
     }
 
@@ -218,14 +219,14 @@ impl Selector {
     }
 
     /// Start a request on backend `index`: it counts as in flight until the guard is
-    /// finished or dropped.
+    /// finished or dropped. Record its latency and outcome on the guard.
     ///
     /// # Panics
     ///
     /// If `index` is out of range: indices come from this selector's methods.
     pub fn start(&self, index: usize) -> InFlight {
         let entry = &self.entries[index];
-        InFlight::start(&entry.stats, entry.model.as_ref(), self.alpha, index)
+        InFlight::start(&entry.stats, entry.model.as_ref(), self.decay, index)
     }
 
     /// This selector's backends and their statistics, in index order, for
@@ -373,6 +374,13 @@ mod tests {
         sel.select_with(key, |_, _| true).unwrap()
     }
 
+    /// A whole successful request to `i` taking `ms` to the response head.
+    fn served(sel: &Selector, i: usize, ms: u64) {
+        let mut guard = sel.start(i);
+        guard.record_latency(Duration::from_millis(ms));
+        guard.success();
+    }
+
     fn picks(sel: &Selector, n: usize) -> String {
         (0..n).map(|_| (b'a' + first(sel, &RequestKey::NONE) as u8) as char).collect()
     }
@@ -508,14 +516,15 @@ mod tests {
         let sel = Selector::for_model(&settings, &specs(&["a", "b", "c"]), &stats, "m").unwrap();
         assert_eq!(picks(&sel, 3), "abc");
 
-        sel.start(2).success(Duration::from_millis(50));
-        sel.start(1).success(Duration::from_millis(10));
+        served(&sel, 2, 50);
+        served(&sel, 1, 10);
         // a has no data and is idle: it is tried first, then the fastest.
         assert_eq!(sel.candidates(&RequestKey::NONE).collect::<Vec<_>>(), [0, 1, 2]);
-        let probe = sel.start(0);
+        let mut probe = sel.start(0);
         // While a's first request is out, a ranks last.
         assert_eq!(sel.candidates(&RequestKey::NONE).collect::<Vec<_>>(), [1, 2, 0]);
-        probe.success(Duration::from_millis(30));
+        probe.record_latency(Duration::from_millis(30));
+        probe.success();
         assert_eq!(sel.candidates(&RequestKey::NONE).collect::<Vec<_>>(), [1, 0, 2]);
 
         // Load counts: b with three requests out costs 4 x 10ms, more than a's 30ms.
@@ -532,16 +541,17 @@ mod tests {
         let stats = StatsRegistry::new();
         let settings = StrategySettings {
             strategy: StrategyKind::LeastLatency,
-            least_latency: crate::LeastLatencySettings { exploration: 0.0, alpha: 0.5 },
+            least_latency: crate::LeastLatencySettings { exploration: 0.0, ..Default::default() },
             ..Default::default()
         };
         let sel = Selector::new(&settings, &specs(&["a", "b"]), &stats).unwrap();
-        sel.start(0).success(Duration::from_millis(10));
-        sel.start(1).success(Duration::from_millis(30));
+        served(&sel, 0, 10);
+        served(&sel, 1, 30);
         assert_eq!(first(&sel, &RequestKey::NONE), 0);
-        sel.start(0).failure();
-        sel.start(0).failure();
-        // Success rate 0.25: 10ms looks like 40ms.
+        for _ in 0..3 {
+            sel.start(0).failure();
+        }
+        // Success rate 1/4 (all within a moment, so equally weighted): 10ms looks like 40ms.
         assert_eq!(first(&sel, &RequestKey::NONE), 1);
     }
 
@@ -569,7 +579,7 @@ mod tests {
         let settings = StrategySettings {
             strategy: StrategyKind::ConsistentHash,
             consistent_hash: crate::ConsistentHashSettings {
-                load_factor: 1.5,
+                load_factor: 0.5,
                 ..Default::default()
             },
             ..Default::default()

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -46,8 +47,8 @@ pub enum StrategyKind {
 ///   strategy: ConsistentHash
 ///   fallback_strategy: RoundRobin
 ///   weights: { "http://backend1:11434": 3, backend2: 1 }
-///   consistent_hash: { header: x-session-id, virtual_nodes: 160, load_factor: 1.25 }
-///   least_latency: { alpha: 0.3, exploration: 0.05 }
+///   consistent_hash: { header: x-session-id, virtual_nodes: 160, load_factor: 0.25 }
+///   least_latency: { decay: 10s, exploration: 0.05 }
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -79,10 +80,11 @@ pub struct ConsistentHashSettings {
     /// Points on the ring per backend; more points spread keys more evenly at the cost
     /// of memory (16 bytes each). 1 to 10000, default 160.
     pub virtual_nodes: u32,
-    /// Bounded load: a backend whose in-flight count would exceed
-    /// `ceil(load_factor x (total in flight + 1) / backends)` is passed over, so a hot key
-    /// cannot sink one backend. At least 1.0; default 1.25. A large value (say 1000)
-    /// turns bounding off.
+    /// Bounded load, the epsilon of "consistent hashing with bounded loads": a backend
+    /// whose in-flight count would exceed `ceil((1 + load_factor) x (total in flight + 1)
+    /// / backends)` is passed over, so a hot key cannot sink one backend. At least 0;
+    /// default 0.25. Smaller spreads load more evenly, larger keeps more affinity; a
+    /// large value (say 1000) turns bounding off.
     pub load_factor: f64,
 }
 
@@ -90,11 +92,15 @@ pub struct ConsistentHashSettings {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LeastLatencySettings {
-    /// Weight of the newest latency sample in the moving average, in (0, 1]; higher
-    /// reacts faster, lower smooths more. Default 0.3.
-    pub alpha: f64,
-    /// Share of requests, in [0, 1), sent first to a random backend instead of the
-    /// fastest, so a backend that was slow and recovered gets measured again. Default 0.05.
+    /// Time constant of the latency and success-rate averages: a sample's weight falls
+    /// to 1/e after this long, whatever the request rate. Shorter reacts faster, longer
+    /// smooths more. Written `"10s"`, `"500ms"`, `"2m"` or a number of seconds;
+    /// from 1ms to 1h, default 10s.
+    #[serde(with = "duration")]
+    pub decay: Duration,
+    /// Share of requests, in [0, 1), sent first to a random backend other than the
+    /// fastest, so a backend that was slow and recovered gets measured again.
+    /// Default 0.05.
     pub exploration: f64,
 }
 
@@ -140,7 +146,7 @@ impl FromStr for StrategyKind {
     type Err = Error;
 
     /// Case-insensitive; `_`, `-` and spaces are ignored, so `RoundRobin`,
-    /// `round_robin` and `round-robin` all parse.
+    /// `round_robin` and `round-robin` all parse; `p2c` is PowerOfTwoChoices.
     fn from_str(name: &str) -> Result<Self> {
         let mut folded = [0u8; 32];
         let mut len = 0;
@@ -152,6 +158,9 @@ impl FromStr for StrategyKind {
             len += 1;
         }
         let folded = &folded[..len];
+        if folded == b"p2c" {
+            return Ok(StrategyKind::PowerOfTwoChoices);
+        }
         StrategyKind::ALL
             .into_iter()
             .find(|kind| kind.as_str().as_bytes().eq_ignore_ascii_case(folded))
@@ -189,14 +198,14 @@ impl Default for ConsistentHashSettings {
         ConsistentHashSettings {
             header: "x-session-id".to_owned(),
             virtual_nodes: 160,
-            load_factor: 1.25,
+            load_factor: 0.25,
         }
     }
 }
 
 impl Default for LeastLatencySettings {
     fn default() -> Self {
-        LeastLatencySettings { alpha: 0.3, exploration: 0.05 }
+        LeastLatencySettings { decay: Duration::from_secs(10), exploration: 0.05 }
     }
 }
 
@@ -211,20 +220,71 @@ impl StrategySettings {
         if !(1..=10_000).contains(&ch.virtual_nodes) {
             return Err(invalid("consistent_hash.virtual_nodes", "must be between 1 and 10000"));
         }
-        if !(ch.load_factor.is_finite() && ch.load_factor >= 1.0) {
-            return Err(invalid("consistent_hash.load_factor", "must be a number of at least 1.0"));
+        if !(ch.load_factor.is_finite() && ch.load_factor >= 0.0) {
+            return Err(invalid("consistent_hash.load_factor", "must be a number of at least 0"));
         }
         if ch.header.is_empty() {
             return Err(invalid("consistent_hash.header", "must not be empty"));
         }
         let ll = &self.least_latency;
-        if !(ll.alpha > 0.0 && ll.alpha <= 1.0) {
-            return Err(invalid("least_latency.alpha", "must be in (0, 1]"));
+        if !(Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&ll.decay) {
+            return Err(invalid("least_latency.decay", "must be between 1ms and 1h"));
         }
         if !(ll.exploration >= 0.0 && ll.exploration < 1.0) {
             return Err(invalid("least_latency.exploration", "must be in [0, 1)"));
         }
         Ok(())
+    }
+}
+
+/// Durations as the configuration writes them: `"10s"`, `"500ms"`, `"2m"`, `"1h"` or a
+/// plain number of seconds. The config crate has the full grammar; this is enough for
+/// the struct to stand alone.
+mod duration {
+    use std::time::Duration;
+
+    use serde::de::{self, Deserializer, Unexpected};
+    use serde::{Deserialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{}ms", value.as_millis()))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(f64),
+            Text(String),
+        }
+        let seconds = match Raw::deserialize(deserializer)? {
+            Raw::Seconds(seconds) => seconds,
+            Raw::Text(text) => parse(&text).ok_or_else(|| {
+                de::Error::invalid_value(
+                    Unexpected::Str(&text),
+                    &"a duration like \"10s\" or \"500ms\"",
+                )
+            })?,
+        };
+        Duration::try_from_secs_f64(seconds).map_err(|_| {
+            de::Error::invalid_value(Unexpected::Float(seconds), &"a non-negative duration")
+        })
+    }
+
+    fn parse(text: &str) -> Option<f64> {
+        let text = text.trim();
+        let units = [("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)];
+        for (suffix, scale) in units {
+            if let Some(number) = text.strip_suffix(suffix) {
+                return number.trim().parse::<f64>().ok().map(|n| n * scale);
+            }
+        }
+        text.parse().ok()
     }
 }
 
@@ -249,6 +309,7 @@ mod tests {
             ("consistent-hash", StrategyKind::ConsistentHash),
             ("least_connections", StrategyKind::LeastConnections),
             ("power_of_two_choices", StrategyKind::PowerOfTwoChoices),
+            ("p2c", StrategyKind::PowerOfTwoChoices),
         ];
         for (name, kind) in cases {
             assert_eq!(name.parse::<StrategyKind>().unwrap(), kind, "{name}");
@@ -276,13 +337,38 @@ mod tests {
         assert_eq!(settings.strategy, StrategyKind::LeastLatency);
         assert_eq!(settings.weights["http://backend1:11434"], 3);
         assert_eq!(settings.consistent_hash, ConsistentHashSettings::default());
-        assert_eq!(settings.least_latency.alpha, 0.3);
+        assert_eq!(settings.least_latency.decay, Duration::from_secs(10));
         settings.validate().unwrap();
 
         let empty: StrategySettings = serde_json::from_str("{}").unwrap();
         assert_eq!(empty, StrategySettings::default());
         let back = serde_json::to_value(&settings).unwrap();
         assert_eq!(back["strategy"], "LeastLatency");
+    }
+
+    #[test]
+    fn decay_reads_config_durations() {
+        let cases = [
+            (r#""10s""#, Duration::from_secs(10)),
+            (r#""500ms""#, Duration::from_millis(500)),
+            (r#""2m""#, Duration::from_secs(120)),
+            (r#""1h""#, Duration::from_secs(3600)),
+            ("2.5", Duration::from_millis(2500)),
+            (r#""7""#, Duration::from_secs(7)),
+        ];
+        for (text, expected) in cases {
+            let json = format!(r#"{{"least_latency":{{"decay":{text}}}}}"#);
+            let settings: StrategySettings = serde_json::from_str(&json).unwrap();
+            assert_eq!(settings.least_latency.decay, expected, "{text}");
+        }
+        for bad in [r#""soon""#, "-1", r#""5 parsecs""#] {
+            let json = format!(r#"{{"least_latency":{{"decay":{bad}}}}}"#);
+            assert!(serde_json::from_str::<StrategySettings>(&json).is_err(), "{bad}");
+        }
+        let json = serde_json::to_value(StrategySettings::default()).unwrap();
+        assert_eq!(json["least_latency"]["decay"], "10000ms");
+        let back: StrategySettings = serde_json::from_value(json).unwrap();
+        assert_eq!(back, StrategySettings::default());
     }
 
     #[test]
@@ -305,7 +391,7 @@ mod tests {
              WeightedRoundRobin, Random, LeastConnections, PowerOfTwoChoices"
         );
         s.fallback_strategy = StrategyKind::Random;
-        s.consistent_hash.load_factor = 0.9;
+        s.consistent_hash.load_factor = -0.1;
         assert!(s.validate().unwrap_err().to_string().contains("consistent_hash.load_factor"));
         s.consistent_hash.load_factor = f64::NAN;
         assert!(s.validate().is_err());
@@ -313,9 +399,9 @@ mod tests {
         s.consistent_hash.virtual_nodes = 0;
         assert!(s.validate().unwrap_err().to_string().contains("virtual_nodes"));
         s.consistent_hash.virtual_nodes = 40;
-        s.least_latency.alpha = 0.0;
-        assert!(s.validate().unwrap_err().to_string().contains("least_latency.alpha"));
-        s.least_latency.alpha = 1.0;
+        s.least_latency.decay = Duration::ZERO;
+        assert!(s.validate().unwrap_err().to_string().contains("least_latency.decay"));
+        s.least_latency.decay = Duration::from_millis(500);
         s.least_latency.exploration = 1.0;
         assert!(s.validate().unwrap_err().to_string().contains("least_latency.exploration"));
         s.least_latency.exploration = 0.0;

@@ -2,6 +2,10 @@
 //! error counts, moving averages of latency and success. Written by the caller through
 //! an [`InFlight`] guard, read by the strategies, shown by `/admin/backends`.
 //!
+//! Averages decay with time, not with sample count: a sample's weight halves every
+//! `decay x ln 2` whatever the request rate, so a quiet backend's old figures fade and
+//! a busy one's are not dominated by the last few requests.
+//!
 //! Every cell is an atomic: recording and reading never lock. The [`StatsRegistry`]
 //! hands the same cells to every selector built for a backend, so rebuilding selectors
 //! on reload keeps in-flight counts and averages. Its map (behind a mutex) is touched
@@ -9,8 +13,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Serialize, Serializer};
@@ -28,15 +32,16 @@ pub struct StatsRegistry {
 
 /// Records one request to one backend: counts it in flight until dropped.
 ///
-/// Finish it with [`InFlight::success`] or [`InFlight::failure`]; dropping it unfinished
-/// (the client went away, the request was cancelled) only ends the in-flight count,
-/// blaming nobody.
+/// When the response head arrives, [`record_latency`](InFlight::record_latency); keep
+/// the guard while the body streams (the backend is still busy), then finish with
+/// [`InFlight::success`] or [`InFlight::failure`]. Dropping it unfinished (the client
+/// went away, the request was cancelled) only ends the in-flight count, blaming nobody.
 #[derive(Debug)]
 #[must_use = "dropping the guard ends the request at once"]
 pub struct InFlight {
     backend: Arc<BackendStats>,
     model: Option<Arc<LatencyStats>>,
-    alpha: f64,
+    decay: Duration,
     index: usize,
 }
 
@@ -50,14 +55,14 @@ pub struct BackendSnapshot {
     pub weight: u32,
     /// Requests sent and not finished yet.
     pub in_flight: u64,
-    /// Moving average of successful requests' latency, if any finished yet.
+    /// Time-decayed average latency (to the response head), if any was recorded.
     #[serde(rename = "ewma_latency_ms", serialize_with = "millis")]
     pub ewma_latency: Option<Duration>,
     /// Requests started since the router started.
     pub requests: u64,
     /// Requests that failed.
     pub errors: u64,
-    /// Moving average of the success rate, 1.0 before any request.
+    /// Time-decayed average success rate, 1.0 before any request finished.
     pub success_rate: f64,
     /// Latency per model, for selectors built with [`Selector::for_model`](crate::Selector::for_model).
     pub models: Vec<ModelSnapshot>,
@@ -68,10 +73,10 @@ pub struct BackendSnapshot {
 pub struct ModelSnapshot {
     /// The model.
     pub model: String,
-    /// Moving average of successful requests' latency for this model.
+    /// Time-decayed average latency for this model.
     #[serde(rename = "ewma_latency_ms", serialize_with = "millis")]
     pub ewma_latency: Option<Duration>,
-    /// Successful requests measured.
+    /// Latency samples recorded.
     pub samples: u64,
 }
 
@@ -94,22 +99,33 @@ pub(crate) struct LatencyStats {
     samples: AtomicU64,
 }
 
-/// An exponentially weighted moving average of an `f64`, lock-free.
+/// A time-decayed average, lock-free: the mean of all samples, each weighted by
+/// `exp(-age / decay)`. The mean and the total weight share one atomic word (two
+/// `f32`s) so they change together; the time of the last update is claimed separately
+/// with `fetch_max`, so each interval of decay is applied exactly once.
 #[derive(Debug)]
-pub(crate) struct Ewma(AtomicU64);
-
+pub(crate) struct Ewma {
+    /// `f32` mean in the high half, `f32` total weight in the low half; weight 0 = empty.
+    packed: AtomicU64,
+    /// Nanoseconds since [`epoch`] of the latest sample.
+    last: AtomicU64,
+}
 #[derive(Debug, Default)]
 struct RegistryMap {
     backends: HashMap<BackendId, Weak<BackendStats>>,
     models: HashMap<(BackendId, Arc<str>), Weak<LatencyStats>>,
 }
 
-/// The bit pattern meaning "no sample yet": a NaN no arithmetic produces.
-const EMPTY: u64 = u64::MAX;
+/// The instant statistics count time from: the first registry's creation.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
 
 impl StatsRegistry {
     /// An empty registry.
     pub fn new() -> Self {
+        epoch();
         StatsRegistry::default()
     }
 
@@ -180,7 +196,7 @@ impl RegistryMap {
                 let cell = weak.upgrade()?;
                 Some(ModelSnapshot {
                     model: model.to_string(),
-                    ewma_latency: cell.ewma.get().map(Duration::from_secs_f64),
+                    ewma_latency: cell.ewma.get().map(micros),
                     samples: cell.samples.load(Relaxed),
                 })
             })
@@ -190,7 +206,7 @@ impl RegistryMap {
             id: stats.id.clone(),
             weight: stats.weight.load(Relaxed),
             in_flight: stats.in_flight.load(Relaxed),
-            ewma_latency: stats.latency.ewma.get().map(Duration::from_secs_f64),
+            ewma_latency: stats.latency.ewma.get().map(micros),
             requests: stats.requests.load(Relaxed),
             errors: stats.errors.load(Relaxed),
             success_rate: stats.success.get().unwrap_or(1.0),
@@ -205,12 +221,12 @@ impl InFlight {
     pub(crate) fn start(
         backend: &Arc<BackendStats>,
         model: Option<&Arc<LatencyStats>>,
-        alpha: f64,
+        decay: Duration,
         index: usize,
     ) -> Self {
         backend.in_flight.fetch_add(1, Relaxed);
         backend.requests.fetch_add(1, Relaxed);
-        InFlight { backend: Arc::clone(backend), model: model.cloned(), alpha, index }
+        InFlight { backend: Arc::clone(backend), model: model.cloned(), decay, index }
     }
 
     /// The backend's index in the selector that started the request.
@@ -223,22 +239,33 @@ impl InFlight {
         &self.backend.id
     }
 
-    /// The request succeeded after `latency`. Record time to the response head (the
-    /// first byte of a stream): it measures the backend, not the answer's length.
-    pub fn success(self, latency: Duration) {
-        let seconds = latency.as_secs_f64();
-        self.backend.latency.record(seconds, self.alpha);
-        if let Some(model) = &self.model {
-            model.record(seconds, self.alpha);
-        }
-        self.backend.success.record(1.0, self.alpha);
+    /// Record the time to the response head (the first byte of a stream): it measures
+    /// the backend, not the length of the answer. Call it once, when the head arrives.
+    pub fn record_latency(&mut self, latency: Duration) {
+        self.record_latency_at(latency, Instant::now());
     }
 
-    /// The request failed because of the backend (refused, timed out, 5xx, garbage).
-    /// Its latency is not recorded: a fast failure must not look like a fast backend.
+    /// [`record_latency`](InFlight::record_latency) with the current time given, for
+    /// callers that just read the clock and for simulations.
+    pub fn record_latency_at(&mut self, latency: Duration, now: Instant) {
+        let seconds = latency.as_secs_f64();
+        self.backend.latency.record(seconds, now, self.decay);
+        if let Some(model) = &self.model {
+            model.record(seconds, now, self.decay);
+        }
+    }
+
+    /// The request completed normally.
+    pub fn success(self) {
+        self.backend.success.record(1.0, Instant::now(), self.decay);
+    }
+
+    /// The request failed because of the backend (refused, timed out, 5xx, garbage,
+    /// cut mid-stream). Failures lower the success rate, which LeastLatency divides by;
+    /// their latency is never recorded, so a fast failure cannot look like a fast backend.
     pub fn failure(self) {
         self.backend.errors.fetch_add(1, Relaxed);
-        self.backend.success.record(0.0, self.alpha);
+        self.backend.success.record(0.0, Instant::now(), self.decay);
     }
 }
 
@@ -267,35 +294,54 @@ impl LatencyStats {
         LatencyStats { ewma: Ewma::new(), samples: AtomicU64::new(0) }
     }
 
-    fn record(&self, seconds: f64, alpha: f64) {
-        self.ewma.record(seconds, alpha);
+    fn record(&self, seconds: f64, now: Instant, decay: Duration) {
+        self.ewma.record(seconds, now, decay);
         self.samples.fetch_add(1, Relaxed);
     }
 }
 
 impl Ewma {
     pub(crate) fn new() -> Self {
-        Ewma(AtomicU64::new(EMPTY))
+        Ewma { packed: AtomicU64::new(0), last: AtomicU64::new(0) }
     }
 
     /// The average, or `None` before the first sample.
     pub(crate) fn get(&self) -> Option<f64> {
-        let bits = self.0.load(Relaxed);
-        (bits != EMPTY).then(|| f64::from_bits(bits))
+        let (mean, weight) = unpack(self.packed.load(Relaxed));
+        (weight > 0.0).then_some(f64::from(mean))
     }
 
-    /// Fold in `sample` with weight `alpha`; the first sample is taken as is.
-    pub(crate) fn record(&self, sample: f64, alpha: f64) {
+    /// Fold in `sample`, observed at `now`, after decaying the old weight by
+    /// `exp(-elapsed / decay)`.
+    pub(crate) fn record(&self, sample: f64, now: Instant, decay: Duration) {
+        let at =
+            u64::try_from(now.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX);
+        let previous = self.last.fetch_max(at, Relaxed);
+        let elapsed = at.saturating_sub(previous) as f64;
+        let keep = (-elapsed / decay.as_nanos().max(1) as f64).exp();
         // A CAS loop: concurrent recorders retry instead of losing a sample.
-        let _ = self.0.fetch_update(Relaxed, Relaxed, |bits| {
-            let next = if bits == EMPTY {
-                sample
-            } else {
-                f64::from_bits(bits) * (1.0 - alpha) + sample * alpha
-            };
-            Some(next.to_bits())
+        let _ = self.packed.fetch_update(Relaxed, Relaxed, |bits| {
+            let (mean, weight) = unpack(bits);
+            let old = f64::from(weight) * keep;
+            let total = old + 1.0;
+            let next = (f64::from(mean) * old + sample) / total;
+            Some(pack(next as f32, total as f32))
         });
     }
+}
+
+fn pack(mean: f32, weight: f32) -> u64 {
+    (u64::from(mean.to_bits()) << 32) | u64::from(weight.to_bits())
+}
+
+fn unpack(bits: u64) -> (f32, f32) {
+    (f32::from_bits((bits >> 32) as u32), f32::from_bits(bits as u32))
+}
+
+/// Seconds to a `Duration` rounded to the microsecond: the average is an `f32`, whose
+/// last digits are noise.
+fn micros(seconds: f64) -> Duration {
+    Duration::from_micros((seconds * 1e6).round() as u64)
 }
 
 fn id_as_str<S: Serializer>(id: &BackendId, serializer: S) -> Result<S::Ok, S::Error> {
@@ -313,16 +359,27 @@ fn millis<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::O
 mod tests {
     use super::*;
 
+    const TAU: Duration = Duration::from_secs(10);
+
     #[test]
-    fn ewma_takes_the_first_sample_then_smooths() {
+    fn ewma_averages_equally_at_once_and_forgets_with_time() {
+        let t0 = Instant::now();
         let e = Ewma::new();
         assert_eq!(e.get(), None);
-        e.record(1.0, 0.5);
+        e.record(1.0, t0, TAU);
         assert_eq!(e.get(), Some(1.0));
-        e.record(3.0, 0.5);
+        e.record(3.0, t0, TAU);
         assert_eq!(e.get(), Some(2.0));
-        e.record(0.0, 0.25);
-        assert_eq!(e.get(), Some(1.5));
+        // One decay constant later the old pair weighs 2/e = 0.74 against the new 1.
+        e.record(0.0, t0 + TAU, TAU);
+        let expected = 2.0 * 2.0 * (-1f64).exp() / (2.0 * (-1f64).exp() + 1.0);
+        assert!((e.get().unwrap() - expected).abs() < 1e-6, "{:?}", e.get());
+        // Long silence: the next sample replaces the past.
+        e.record(5.0, t0 + 100 * TAU, TAU);
+        assert!((e.get().unwrap() - 5.0).abs() < 1e-3);
+        // A clock read before the last sample decays nothing.
+        e.record(5.0, t0, TAU);
+        assert!((e.get().unwrap() - 5.0).abs() < 1e-3);
     }
 
     #[test]
@@ -334,11 +391,14 @@ mod tests {
             let model = a.model(&id, &Arc::from("m"));
             (stats, model)
         });
-        let ok = InFlight::start(&stats, Some(&model), 0.5, 0);
-        let bad = InFlight::start(&stats, None, 0.5, 0);
-        let gone = InFlight::start(&stats, None, 0.5, 0);
+        let mut ok = InFlight::start(&stats, Some(&model), TAU, 0);
+        let bad = InFlight::start(&stats, None, TAU, 0);
+        let gone = InFlight::start(&stats, None, TAU, 0);
         assert_eq!(registry.get(&id).unwrap().in_flight, 3);
-        ok.success(Duration::from_millis(200));
+        ok.record_latency(Duration::from_millis(200));
+        // Still streaming: still in flight.
+        assert_eq!(registry.get(&id).unwrap().in_flight, 3);
+        ok.success();
         bad.failure();
         drop(gone);
 
@@ -348,13 +408,13 @@ mod tests {
         assert_eq!(snap.errors, 1);
         assert_eq!(snap.weight, 3);
         assert_eq!(snap.ewma_latency, Some(Duration::from_millis(200)));
-        assert_eq!(snap.success_rate, 0.5);
+        assert!((snap.success_rate - 0.5).abs() < 1e-3, "{}", snap.success_rate);
         assert_eq!(snap.models.len(), 1);
         assert_eq!(snap.models[0].samples, 1);
 
         let json = serde_json::to_value(&snap).unwrap();
         assert_eq!(json["id"], "b1");
-        assert_eq!(json["ewma_latency_ms"], 200.0);
+        assert!((json["ewma_latency_ms"].as_f64().unwrap() - 200.0).abs() < 1e-3);
         assert_eq!(json["models"][0]["model"], "m");
     }
 
@@ -380,13 +440,17 @@ mod tests {
             for _ in 0..2 {
                 s.spawn(|| {
                     for _ in 0..10_000 {
-                        InFlight::start(&stats, None, 0.1, 0).success(Duration::from_millis(5));
+                        let mut guard = InFlight::start(&stats, None, TAU, 0);
+                        guard.record_latency(Duration::from_millis(5));
+                        guard.success();
                     }
                 });
             }
         });
         let snap = registry.get(&id).unwrap();
         assert_eq!((snap.requests, snap.in_flight, snap.errors), (20_000, 0, 0));
-        assert_eq!(snap.ewma_latency, Some(Duration::from_millis(5)));
+        let ms = snap.ewma_latency.unwrap().as_secs_f64() * 1000.0;
+        assert!((ms - 5.0).abs() < 1e-3, "{ms}");
+        assert_eq!(snap.success_rate, 1.0);
     }
 }
