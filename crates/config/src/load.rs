@@ -110,8 +110,14 @@ fn read_file(path: &Path) -> Result<Layer> {
 
 /// Parse YAML (or JSON) text into a file layer.
 fn parse_yaml(text: &str, origin: &str) -> Result<Layer> {
-    let value: Value = serde_yaml::from_str(text)
-        .map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })?;
+    let parse_error = |e: serde_yaml::Error| ConfigError::Parse {
+        origin: origin.to_owned(),
+        message: e.to_string(),
+    };
+    // serde_yaml's own tree rejects duplicate keys, which a figment dict would
+    // silently collapse to the last one.
+    serde_yaml::from_str::<serde_yaml::Value>(text).map_err(parse_error)?;
+    let value: Value = serde_yaml::from_str(text).map_err(parse_error)?;
     let dict = match value {
         Value::Dict(_, dict) => dict,
         Value::Empty(..) => Dict::new(),
@@ -171,7 +177,8 @@ fn build(file: Option<Layer>, env: &Environment, overrides: &Overrides) -> Resul
     // would only repeat the first one.
     let mut dropped: Vec<KeyPath> = Vec::new();
 
-    let expand_issues = env::expand_tree(&mut tree, env);
+    let mut expand_issues = env::expand_tree(&mut tree, env);
+    expand_issues.extend(shape_issues(&tree));
     let original = tree.clone();
     let mut shifts: Vec<Shift> = Vec::new();
     for (at, message) in expand_issues {
@@ -211,7 +218,8 @@ fn build(file: Option<Layer>, env: &Environment, overrides: &Overrides) -> Resul
 
     let mut config = config;
     validate::normalize(&mut config);
-    for (at, message) in validate::check(&config) {
+    let name = |p: KeyPath| path::unshift(&p, &shifts).to_string();
+    for (at, message) in validate::check(&config, &name) {
         let original_at = path::unshift(&at, &shifts);
         if dropped.iter().any(|d| original_at.starts_with(d) || d.starts_with(&original_at)) {
             continue;
@@ -219,6 +227,51 @@ fn build(file: Option<Layer>, env: &Environment, overrides: &Overrides) -> Resul
         found.push((original_at, message));
     }
     if found.is_empty() { Ok(config) } else { Err(invalid(found, &figment, &original)) }
+}
+
+/// The top-level keys of [`Config`] (a test keeps this in step with the struct).
+const SECTIONS: &[&str] = &[
+    "server",
+    "backends",
+    "routing",
+    "request",
+    "health_checks",
+    "cache",
+    "http_client",
+    "metrics",
+    "logging",
+    "inference",
+    "auth",
+    "rate_limit",
+    "admin",
+];
+
+/// Sections that must be mappings, and `backends` entries: serde would otherwise read
+/// a list as a struct's fields in order, with baffling errors.
+fn shape_issues(tree: &Value) -> Vec<(KeyPath, String)> {
+    let mut issues = Vec::new();
+    let Value::Dict(_, sections) = tree else { return issues };
+    let not_a_mapping = |v: &Value| format!("expected a mapping, found {}", v.to_actual());
+    for (name, value) in sections {
+        match (name.as_str(), value) {
+            ("backends", Value::Array(_, items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    if matches!(item, Value::Array(..)) {
+                        issues.push((
+                            KeyPath::default().join("backends").join(i),
+                            not_a_mapping(item),
+                        ));
+                    }
+                }
+            }
+            ("backends", _) => {}
+            (section, Value::Array(..)) if SECTIONS.contains(&section) => {
+                issues.push((KeyPath::default().join(name), not_a_mapping(value)))
+            }
+            _ => {}
+        }
+    }
+    issues
 }
 
 /// Sort, de-duplicate, annotate with origins and render.
@@ -310,11 +363,26 @@ impl ApiKeyConfig {
                     .into_iter()
                     .filter_map(|issue| {
                         let rest = issue.path.strip_prefix("auth.api_keys")?;
-                        Some(Issue { path: format!("{origin}{rest}"), message: issue.message })
+                        let message = issue.message.replace("auth.api_keys", &origin);
+                        Some(Issue { path: format!("{origin}{rest}"), message })
                     })
                     .collect(),
             }),
             Err(other) => Err(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_match_the_struct() {
+        let Ok(Value::Dict(_, dict)) = Value::serialize(Config::default()) else { panic!() };
+        let keys: Vec<&str> = dict.keys().map(String::as_str).collect();
+        let mut sections = SECTIONS.to_vec();
+        sections.sort_unstable();
+        assert_eq!(keys, sections);
     }
 }

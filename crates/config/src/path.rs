@@ -182,12 +182,12 @@ pub(crate) fn unshift(path: &KeyPath, shifts: &[Shift]) -> KeyPath {
     let mut segs = path.0.clone();
     for shift in shifts.iter().rev() {
         let depth = shift.list.0.len();
-        if segs.len() > depth && segs[..depth] == shift.list.0[..] {
-            if let Seg::Index(i) = &mut segs[depth] {
-                if *i >= shift.index {
-                    *i += 1;
-                }
-            }
+        if segs.len() > depth
+            && segs[..depth] == shift.list.0[..]
+            && let Seg::Index(i) = &mut segs[depth]
+            && *i >= shift.index
+        {
+            *i += 1;
         }
     }
     KeyPath(segs)

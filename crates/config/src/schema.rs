@@ -23,7 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::cidr::Cidr;
 use crate::secret::Secret;
 use crate::suggest;
-use crate::units::{byte_size, duration};
+use crate::units::{byte_size, duration, socket_addr};
 
 /// Declares a closed set of names read case-insensitively, ignoring `_`, `-` and `.`
 /// (`least_latency` == `LeastLatency`), written back in its canonical spelling.
@@ -166,7 +166,9 @@ impl Default for Config {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Address to listen on. Default `127.0.0.1:8080`.
+    /// Address to listen on, `IP:PORT` (`localhost:PORT` is read as `127.0.0.1:PORT`).
+    /// Default `127.0.0.1:8080`.
+    #[serde(with = "socket_addr")]
     pub bind_address: SocketAddr,
     /// Runtime worker threads; 0 = one per core. Default 0.
     pub workers: usize,

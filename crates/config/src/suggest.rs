@@ -1,14 +1,15 @@
 //! "Did you mean ...?" suggestions for unknown keys and names.
 
 /// The candidate closest to `input` by edit distance, when it is close enough to be a
-/// plausible typo: at most a third of the input's length (and at least 1) edits, after
-/// ignoring case, `_` and `-`.
+/// plausible typo: at most a third of the input's length in edits (at least 1, but 0
+/// for names under 3 characters), after ignoring case, `_` and `-`.
 pub(crate) fn closest<'a>(
     input: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
     let needle = normalize(input);
-    let limit = (needle.chars().count() / 3).max(1);
+    let len = needle.chars().count();
+    let limit = if len < 3 { 0 } else { (len / 3).max(1) };
     candidates
         .into_iter()
         .map(|candidate| (edit_distance(&needle, &normalize(candidate)), candidate))
@@ -57,6 +58,8 @@ mod tests {
         assert_eq!(closest("wrokers", keys), Some("workers"));
         assert_eq!(closest("keepalive-timeout", keys), Some("keepalive_timeout"));
         assert_eq!(closest("colour", keys), None);
+        assert_eq!(closest("y", ["p", "q"]), None);
+        assert_eq!(closest("P", ["p", "q"]), Some("p"));
         assert_eq!(closest("LeastLatncy", ["LeastLatency", "Random"]), Some("LeastLatency"));
     }
 

@@ -307,6 +307,35 @@ pub(crate) mod byte_size {
     }
 }
 
+/// Serde adapter for listen addresses: `IP:PORT`, `[IPv6]:PORT`, or `localhost:PORT`
+/// (read as `127.0.0.1:PORT`), with an error that shows the expected form.
+pub(crate) mod socket_addr {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(value: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<SocketAddr, String> {
+        let text = text.trim();
+        if let Some(port) = text.strip_prefix("localhost:")
+            && let Ok(port) = port.parse::<u16>()
+        {
+            return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+        }
+        text.parse().map_err(|_| {
+            format!("invalid address {text:?}: expected IP:PORT, e.g. \"127.0.0.1:8080\", \"0.0.0.0:8080\" or \"[::1]:8080\"")
+        })
+    }
+}
+
 /// Wraps a visitor so `null` gives `None` and anything else `Some(inner)`.
 pub(crate) struct OptionVisitor<V>(pub(crate) V);
 
@@ -369,6 +398,15 @@ mod tests {
             let err = parse_duration(text).unwrap_err();
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(socket_addr::parse("0.0.0.0:80").unwrap().port(), 80);
+        assert_eq!(socket_addr::parse("localhost:9000").unwrap().to_string(), "127.0.0.1:9000");
+        assert_eq!(socket_addr::parse("[::1]:8080").unwrap().to_string(), "[::1]:8080");
+        assert!(socket_addr::parse("127.0.0.1:70000").unwrap_err().contains("expected IP:PORT"));
+        assert!(socket_addr::parse("8080").is_err());
     }
 
     #[test]

@@ -38,18 +38,22 @@ pub(crate) fn normalize(config: &mut Config) {
     clear(&mut config.metrics.auth.password);
 }
 
+/// Renders a path that a message refers to (`also backends[0]`) in the indices the
+/// user wrote, which differ from the config's when the loader dropped a bad element.
+pub(crate) type Name<'a> = &'a dyn Fn(KeyPath) -> String;
+
 /// Every rule, every problem.
-pub(crate) fn check(config: &Config) -> Found {
+pub(crate) fn check(config: &Config, name: Name<'_>) -> Found {
     let mut found = Found::new();
     server(config, &mut found);
-    backends(config, &mut found);
+    backends(config, name, &mut found);
     routing(config, &mut found);
     request(config, &mut found);
     health(config, &mut found);
     cache(config, &mut found);
     observability(config, &mut found);
     inference(config, &mut found);
-    auth(config, &mut found);
+    auth(config, name, &mut found);
     rate_limit(config, &mut found);
     found
 }
@@ -98,7 +102,7 @@ fn server(config: &Config, found: &mut Found) {
     }
 }
 
-fn backends(config: &Config, found: &mut Found) {
+fn backends(config: &Config, name: Name<'_>, found: &mut Found) {
     if config.backends.is_empty() {
         found.push((
             kp!["backends"],
@@ -106,7 +110,7 @@ fn backends(config: &Config, found: &mut Found) {
                 .into(),
         ));
     }
-    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut seen_names: BTreeMap<&str, usize> = BTreeMap::new();
     let mut local: Option<usize> = None;
     for (i, b) in config.backends.iter().enumerate() {
         let at = kp!["backends", i];
@@ -118,17 +122,24 @@ fn backends(config: &Config, found: &mut Found) {
                 at.join("name"),
                 format!("{:?} may only contain letters, digits, '-', '_', '.' and ':'", b.name),
             ));
-        } else if let Some(first) = names.insert(&b.name, i) {
+        } else if let Some(first) = seen_names.insert(&b.name, i) {
             found.push((
                 at.join("name"),
-                format!("duplicate backend name {:?} (also backends[{first}])", b.name),
+                format!(
+                    "duplicate backend name {:?} (also {})",
+                    b.name,
+                    name(kp!["backends", first])
+                ),
             ));
         }
         if b.kind == BackendType::Local {
             if let Some(first) = local.replace(i) {
                 found.push((
                     at.join("type"),
-                    format!("only one local backend is allowed (backends[{first}] is one): the embedded model is loaded once"),
+                    format!(
+                        "only one local backend is allowed ({} is one): the embedded model is loaded once",
+                        name(kp!["backends", first])
+                    ),
                 ));
             }
             if b.url.is_some() {
@@ -200,13 +211,13 @@ fn backends(config: &Config, found: &mut Found) {
                 positive(found, at.join("health_check").join(key), u64::from(value));
             }
         }
-        if let Some(path) = &h.path {
-            if !path.starts_with('/') {
-                found.push((
-                    at.join("health_check").join("path"),
-                    format!("{path:?} must start with '/'"),
-                ));
-            }
+        if let Some(path) = &h.path
+            && !path.starts_with('/')
+        {
+            found.push((
+                at.join("health_check").join("path"),
+                format!("{path:?} must start with '/'"),
+            ));
         }
         if let Some(max) = b.max_connections {
             positive(found, at.join("max_connections"), to_u64(max));
@@ -450,10 +461,10 @@ fn cache(config: &Config, found: &mut Found) {
         positive(found, kp!["cache", "response", "max_bytes"], c.response.max_bytes);
         nonzero_duration(found, kp!["cache", "response", "ttl"], c.response.ttl);
     }
-    if let Some(url) = &c.redis.url {
-        if let Err(why) = check_redis_url(url.expose()) {
-            found.push((kp!["cache", "redis", "url"], why));
-        }
+    if let Some(url) = &c.redis.url
+        && let Err(why) = check_redis_url(url.expose())
+    {
+        found.push((kp!["cache", "redis", "url"], why));
     }
     nonzero_duration(found, kp!["cache", "redis", "timeout"], c.redis.timeout);
 }
@@ -503,23 +514,26 @@ fn inference(config: &Config, found: &mut Found) {
     }
 }
 
-fn auth(config: &Config, found: &mut Found) {
+fn auth(config: &Config, name: Name<'_>, found: &mut Found) {
     let a = &config.auth;
-    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut key_names: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, key) in a.api_keys.iter().enumerate() {
         let at = kp!["auth", "api_keys", i];
         if key.key.is_empty() {
             found.push((at.join("key"), "a key is required".into()));
         } else if let Some(first) = a.api_keys[..i].iter().position(|k| k.key == key.key) {
             // Never print the key itself.
-            found.push((at.join("key"), format!("same key as auth.api_keys[{first}]")));
+            found.push((
+                at.join("key"),
+                format!("same key as {}", name(kp!["auth", "api_keys", first])),
+            ));
         }
         if key.name.is_empty() {
             found.push((
                 at.join("name"),
                 "a key needs a name (used in logs and metrics instead of the key)".into(),
             ));
-        } else if let Some(first) = names.insert(&key.name, i) {
+        } else if let Some(first) = key_names.insert(&key.name, i) {
             found.push((
                 at.join("name"),
                 format!("duplicate key name {:?} (also auth.api_keys[{first}])", key.name),
@@ -532,10 +546,10 @@ fn auth(config: &Config, found: &mut Found) {
             "blocking needs keys in auth.api_keys or auth.api_keys_file (otherwise every request is refused)".into(),
         ));
     }
-    if let Some(admin) = &a.admin_api_key {
-        if a.api_keys.iter().any(|k| &k.key == admin) {
-            found.push((kp!["auth", "admin_api_key"], "must differ from every client key".into()));
-        }
+    if let Some(admin) = &a.admin_api_key
+        && a.api_keys.iter().any(|k| &k.key == admin)
+    {
+        found.push((kp!["auth", "admin_api_key"], "must differ from every client key".into()));
     }
 }
 
@@ -566,10 +580,10 @@ fn rate_limit(config: &Config, found: &mut Found) {
                 .into(),
         ));
     }
-    if let Some(url) = &r.redis.url {
-        if let Err(why) = check_redis_url(url.expose()) {
-            found.push((kp!["rate_limit", "redis", "url"], why));
-        }
+    if let Some(url) = &r.redis.url
+        && let Err(why) = check_redis_url(url.expose())
+    {
+        found.push((kp!["rate_limit", "redis", "url"], why));
     }
     nonzero_duration(found, kp!["rate_limit", "redis", "timeout"], r.redis.timeout);
 }
@@ -620,10 +634,10 @@ pub(crate) fn check_http_url(url: &str) -> Result<bool, String> {
     if !host.chars().all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c)) {
         return Err(bad("invalid characters in the host"));
     }
-    if let Some(port) = port {
-        if port.parse::<u16>().ok().filter(|p| *p > 0).is_none() {
-            return Err(bad(&format!("port {port:?} is not a number from 1 to 65535")));
-        }
+    if let Some(port) = port
+        && port.parse::<u16>().ok().filter(|p| *p > 0).is_none()
+    {
+        return Err(bad(&format!("port {port:?} is not a number from 1 to 65535")));
     }
     Ok(https)
 }
