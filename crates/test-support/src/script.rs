@@ -269,7 +269,9 @@ impl Script {
         self
     }
 
-    /// After `k` content events, abort the TCP connection with a reset.
+    /// After `k` content events, abort the TCP connection with a reset (about 20 ms
+    /// after the last frame, so it reaches the peer first). Over h2c this resets the
+    /// whole connection, every stream on it included.
     #[must_use]
     pub fn reset_after(mut self, k: usize) -> Self {
         self.fault = Some((k, Fault::Reset));

@@ -159,6 +159,9 @@ pub(crate) struct MockBody {
 
 impl MockUpstream {
     /// Start a mock on `127.0.0.1:0` answering every request with `script`.
+    ///
+    /// Must be called inside a tokio runtime (any flavour, paused clock included):
+    /// the listener and connections are tasks on it.
     pub async fn start(script: Script) -> Result<Self> {
         let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
         let addr = listener.local_addr().map_err(|source| Error::Bind {
