@@ -493,6 +493,34 @@ pub struct RoutingConfig {
     pub least_latency: LeastLatencyConfig,
 }
 
+impl RoutingConfig {
+    /// A backend's weight: its `routing.weights` entry by name, else by url (a trailing
+    /// `/` ignored, as validation does), else its own `weight`.
+    pub fn weight_for(&self, backend: &BackendConfig) -> u32 {
+        if let Some(weight) = self.weights.get(&backend.name) {
+            return *weight;
+        }
+        let url = backend.url.as_deref().map(|u| u.trim_end_matches('/'));
+        self.weights
+            .iter()
+            .find(|(key, _)| Some(key.trim_end_matches('/')) == url)
+            .map_or(backend.weight, |(_, weight)| *weight)
+    }
+
+    /// The model a requested name stands for, following alias chains to the end
+    /// (validation rejects cycles; a cycle here stops after one pass over the aliases).
+    pub fn resolve_alias<'a>(&'a self, model: &'a str) -> &'a str {
+        let mut current = model;
+        for _ in 0..=self.model_aliases.len() {
+            match self.model_aliases.get(current) {
+                Some(target) => current = target,
+                None => break,
+            }
+        }
+        current
+    }
+}
+
 impl Default for RoutingConfig {
     fn default() -> Self {
         RoutingConfig {
@@ -1093,6 +1121,29 @@ mod tests {
         let err = "LeastLatncy".parse::<Strategy>().unwrap_err();
         assert!(err.contains("did you mean \"LeastLatency\"?"), "{err}");
         assert!(err.contains("valid: RoundRobin, WeightedRoundRobin"), "{err}");
+    }
+
+    #[test]
+    fn weights_and_aliases_resolve() {
+        let mut routing = RoutingConfig::default();
+        let backend = |name: &str, url: &str, weight| BackendConfig {
+            name: name.into(),
+            url: Some(url.into()),
+            weight,
+            ..BackendConfig::default()
+        };
+        routing.weights.insert("a".into(), 5);
+        routing.weights.insert("http://b:1/".into(), 7);
+        assert_eq!(routing.weight_for(&backend("a", "http://a:1", 1)), 5);
+        assert_eq!(routing.weight_for(&backend("b", "http://b:1", 1)), 7);
+        assert_eq!(routing.weight_for(&backend("c", "http://c:1", 2)), 2);
+
+        routing.model_aliases.insert("best".into(), "smart".into());
+        routing.model_aliases.insert("smart".into(), "gpt-4o".into());
+        assert_eq!(routing.resolve_alias("best"), "gpt-4o");
+        assert_eq!(routing.resolve_alias("other"), "other");
+        routing.model_aliases.insert("gpt-4o".into(), "best".into());
+        let _ = routing.resolve_alias("best"); // a cycle terminates
     }
 
     #[test]
