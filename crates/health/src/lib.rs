@@ -38,9 +38,11 @@
 //! backend (requests go to ejected backends as ordinary requests, counted in
 //! `health_panic_admissions_total`) until enough recover. Rule 1 always holds: a backend
 //! whose probes fail is never routed to, and when none is left the server answers at once
-//! (or falls back). The count is over the whole registry, not per model, so a model whose
-//! only backend is ejected falls back rather than panicking. `max_ejection_percent: 100`
-//! turns panic routing off.
+//! (or falls back). [`HealthRegistry`] counts over all its backends; a [`HealthPool`]
+//! (one per model, from [`HealthRegistry::pool`]) counts over that model's backends only,
+//! which is what `max_ejection_percent` "of a model's backends" means. Either way a
+//! model whose only backend is ejected is unavailable and falls back.
+//! `max_ejection_percent: 100` turns panic routing off.
 //!
 //! **Active recovery resets the circuit.** When active checks bring a backend from
 //! unhealthy to healthy, its circuit closes and its backoff is forgotten.
@@ -70,8 +72,8 @@
 //! assert!(!health.is_available(&a), "two failures in a row open the circuit");
 //! assert!(health.is_available(&b));
 //! assert!(budget.try_withdraw(), "the budget allows this retry on b");
-//! let delay = retry.backoff(0);
-//! assert!(delay <= retry.backoff_base);
+//! let delay = retry.backoff(0); // jittered, at most `backoff.initial`
+//! assert!(delay <= retry.backoff.initial);
 //!
 //! let snapshot = health.snapshot();
 //! assert_eq!(snapshot.backends[0].circuit, switchyard_health::CircuitState::Open);
@@ -91,11 +93,11 @@ pub use active::ActiveState;
 pub use checker::HealthChecker;
 pub use error::{Error, Result};
 pub use registry::{
-    Admission, BackendHealth, Change, CircuitState, FailureKind, HealthRegistry, HealthSnapshot,
-    Outcome, Transition,
+    Admission, BackendHealth, Change, CircuitState, FailureKind, HealthPool, HealthRegistry,
+    HealthSnapshot, Outcome, Transition,
 };
 pub use retry::{RetryBudget, backoff, jitter};
 pub use settings::{
-    BreakerSettings, CheckOverride, CheckSettings, HealthSettings, RetryBudgetSettings,
-    RetrySettings,
+    BackoffSettings, BreakerSettings, CheckOverride, CheckSettings, HealthSettings,
+    RetryBudgetSettings, RetrySettings,
 };

@@ -32,6 +32,15 @@ pub struct HealthRegistry {
     inner: Arc<Inner>,
 }
 
+/// The registry seen from one model's backends: the same state, but panic routing counts
+/// ejections among these backends only (`max_ejection_percent` "of a model's backends").
+/// Build one per model when the configuration loads; cheap to clone.
+#[derive(Clone)]
+pub struct HealthPool {
+    inner: Arc<Inner>,
+    members: Arc<[usize]>,
+}
+
 /// Permission to send one request to a backend, from [`HealthRegistry::admit`].
 ///
 /// Report how it went with [`record`](Self::record). If the circuit was half-open this is
@@ -248,7 +257,7 @@ impl HealthRegistry {
     /// vetoes only what it tracks. Takes nothing; [`admit`](Self::admit) before sending.
     pub fn is_available(&self, id: &BackendId) -> bool {
         match self.inner.index.get(id) {
-            Some(&i) => self.inner.available(i),
+            Some(&i) => self.inner.available(i, None),
             None => true,
         }
     }
@@ -258,9 +267,19 @@ impl HealthRegistry {
     /// ([`Admission::is_probe`]); everyone else gets `None` until that probe ends.
     pub fn admit(&self, id: &BackendId) -> Option<Admission> {
         match self.inner.index.get(id) {
-            Some(&i) => Inner::admit(&self.inner, i),
+            Some(&i) => Inner::admit(&self.inner, i, None),
             None => Some(Admission { inner: None, index: 0, probe: None }),
         }
+    }
+
+    /// A view over `backends` (ids the registry does not track are left out) whose panic
+    /// routing counts only them. Take it again after [`reconfigure`](Self::reconfigure).
+    pub fn pool<'a>(&self, backends: impl IntoIterator<Item = &'a BackendId>) -> HealthPool {
+        let mut members: Vec<usize> =
+            backends.into_iter().filter_map(|id| self.inner.index.get(id).copied()).collect();
+        members.sort_unstable();
+        members.dedup();
+        HealthPool { inner: Arc::clone(&self.inner), members: members.into() }
     }
 
     /// Record an outcome that no [`Admission`] carries (a stream cut after its admission
@@ -302,6 +321,29 @@ impl HealthRegistry {
         result: std::result::Result<(), BackendError>,
     ) -> Duration {
         self.inner.observe_probe(index, result)
+    }
+}
+
+impl HealthPool {
+    /// [`HealthRegistry::is_available`], with panic routing decided within this pool.
+    pub fn is_available(&self, id: &BackendId) -> bool {
+        match self.inner.index.get(id) {
+            Some(&i) => self.inner.available(i, Some(&self.members)),
+            None => true,
+        }
+    }
+
+    /// [`HealthRegistry::admit`], with panic routing decided within this pool.
+    pub fn admit(&self, id: &BackendId) -> Option<Admission> {
+        match self.inner.index.get(id) {
+            Some(&i) => Inner::admit(&self.inner, i, Some(&self.members)),
+            None => Some(Admission { inner: None, index: 0, probe: None }),
+        }
+    }
+
+    /// Whether more than `max_ejection_percent` of this pool is passively ejected.
+    pub fn is_panicking(&self) -> bool {
+        self.inner.panic(self.inner.now_ms(), Some(&self.members)).0
     }
 }
 
@@ -449,7 +491,7 @@ impl Inner {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX / 4) + 1
     }
 
-    fn available(&self, i: usize) -> bool {
+    fn available(&self, i: usize, scope: Option<&[usize]>) -> bool {
         let s = &self.slots[i];
         if !s.active_up() {
             return false;
@@ -469,10 +511,10 @@ impl Inner {
         {
             return true;
         }
-        self.panic(now).0
+        self.panic(now, scope).0
     }
 
-    fn admit(this: &Arc<Inner>, i: usize) -> Option<Admission> {
+    fn admit(this: &Arc<Inner>, i: usize, scope: Option<&[usize]>) -> Option<Admission> {
         let s = &this.slots[i];
         if !s.active_up() {
             return None;
@@ -485,7 +527,7 @@ impl Inner {
         }
         let now = this.now_ms();
         if s.rate_limited(r, now) {
-            return this.panic_admit(i, now);
+            return this.panic_admit(i, now, scope);
         }
         loop {
             match Circuit::decode(c) {
@@ -511,24 +553,34 @@ impl Inner {
                         Err(actual) => c = actual,
                     }
                 }
-                _ => return this.panic_admit(i, now),
+                _ => return this.panic_admit(i, now, scope),
             }
         }
     }
 
-    fn panic_admit(self: &Arc<Self>, i: usize, now: u64) -> Option<Admission> {
-        if !self.panic(now).0 {
+    fn panic_admit(
+        self: &Arc<Self>,
+        i: usize,
+        now: u64,
+        scope: Option<&[usize]>,
+    ) -> Option<Admission> {
+        if !self.panic(now, scope).0 {
             return None;
         }
         ::metrics::counter!(metrics::HEALTH_PANIC_ADMISSIONS_TOTAL).increment(1);
         Some(Admission { inner: Some(Arc::clone(self)), index: i, probe: None })
     }
 
-    /// (panic, ejected, allowed): passive ejections among backends active checks consider
-    /// up, against `max(1, up * max_ejection_percent / 100)`.
-    fn panic(&self, now: u64) -> (bool, usize, usize) {
+    /// (panic, ejected, allowed): passive ejections among the backends of `scope` (all
+    /// when `None`) that active checks consider up, against
+    /// `max(1, up * max_ejection_percent / 100)`.
+    fn panic(&self, now: u64, scope: Option<&[usize]>) -> (bool, usize, usize) {
         let (mut up, mut ejected) = (0usize, 0usize);
-        for s in self.slots.iter().filter(|s| s.active_up()) {
+        let members: &mut dyn Iterator<Item = &Slot> = match scope {
+            Some(members) => &mut members.iter().map(|&i| &self.slots[i]),
+            None => &mut self.slots.iter(),
+        };
+        for s in members.filter(|s| s.active_up()) {
             up += 1;
             let r = s.rate_limited_until.load(Ordering::Acquire);
             if r > now || Circuit::decode(s.circuit.load(Ordering::Acquire)).is_ejecting(now) {
@@ -686,7 +738,7 @@ impl Inner {
 
     fn snapshot(&self) -> HealthSnapshot {
         let now = self.now_ms();
-        let (panic, ejected, max_ejected) = self.panic(now);
+        let (panic, ejected, max_ejected) = self.panic(now, None);
         let backends = self
             .slots
             .iter()
@@ -701,7 +753,7 @@ impl Inner {
                 let latency = f64::from_bits(s.latency_us.0.load(Ordering::Relaxed));
                 BackendHealth {
                     backend: s.id.to_string(),
-                    available: self.available(i),
+                    available: self.available(i, None),
                     state: s.active_state(),
                     warming: tracker.warming,
                     last_check_ms_ago: last_check.map(|t| millis_ceil(t.elapsed())),
@@ -821,6 +873,13 @@ impl fmt::Debug for HealthRegistry {
         f.debug_struct("HealthRegistry")
             .field("backends", &self.inner.slots.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for HealthPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids: Vec<&BackendId> = self.members.iter().map(|&i| &self.inner.slots[i].id).collect();
+        f.debug_struct("HealthPool").field("backends", &ids).finish()
     }
 }
 

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::breaker::millis_ceil;
 use crate::metrics;
-use crate::settings::{RetryBudgetSettings, RetrySettings};
+use crate::settings::{BackoffSettings, RetryBudgetSettings, RetrySettings};
 
 const SLOTS: usize = 10;
 const DEPOSIT_BITS: u32 = 18;
@@ -22,7 +22,7 @@ const MAX_WITHDRAWALS: u64 = (1 << WITHDRAW_BITS) - 1;
 ///
 /// Every client request calls [`deposit`](Self::deposit) once; every retry must first win
 /// [`try_withdraw`](Self::try_withdraw). Within any window of `ttl`,
-/// `retries <= floor(ratio * requests + min_retries_per_second * ttl_secs)`, so when every
+/// `retries <= floor(ratio * requests + min_per_second * ttl_secs)`, so when every
 /// backend fails the upstream load stays within `(1 + ratio)` x the client load plus a
 /// small floor, instead of multiplying by `max_retries + 1`.
 ///
@@ -44,15 +44,22 @@ pub struct RetryBudget {
 
 /// The delay before retry number `attempt` (0 for the first retry).
 ///
-/// `base * 2^attempt`, capped at `max`, then "equal jitter": half of it fixed and half
-/// scaled by `jitter` (a uniform sample in `[0, 1]`, clamped), so delays grow reliably
-/// but concurrent clients spread out. Pure: pass [`jitter`] for a random sample.
-pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
-    let factor = 1u32.checked_shl(attempt).unwrap_or(u32::MAX);
-    let full = base.saturating_mul(factor).min(max);
-    let half = full / 2;
-    let jitter = if jitter.is_nan() { 0.0 } else { jitter.clamp(0.0, 1.0) };
-    (full - half) + half.mul_f64(jitter)
+/// `initial * multiplier^attempt`, capped at `max`; with `jitter` on, scaled by `sample`
+/// (uniform in `[0, 1]`, clamped: "full jitter"), so concurrent retries spread out. Pure:
+/// pass [`jitter()`] as `sample` for a random delay, or use [`RetrySettings::backoff`].
+pub fn backoff(attempt: u32, settings: &BackoffSettings, sample: f64) -> Duration {
+    let growth = settings.multiplier.max(1.0).powi(i32::try_from(attempt).unwrap_or(i32::MAX));
+    let secs = settings.initial.as_secs_f64() * growth;
+    let capped = if secs.is_finite() && secs < settings.max.as_secs_f64() {
+        Duration::from_secs_f64(secs)
+    } else {
+        settings.max
+    };
+    if !settings.jitter {
+        return capped;
+    }
+    let sample = if sample.is_nan() { 1.0 } else { sample.clamp(0.0, 1.0) };
+    capped.mul_f64(sample)
 }
 
 /// A uniform sample in `[0, 1)` from a cheap per-thread generator (not for secrets).
@@ -72,9 +79,9 @@ pub fn jitter() -> f64 {
 }
 
 impl RetrySettings {
-    /// The jittered delay before retry number `attempt` (0 for the first retry).
+    /// The (jittered) delay before retry number `attempt` (0 for the first retry).
     pub fn backoff(&self, attempt: u32) -> Duration {
-        backoff(attempt, self.backoff_base, self.backoff_max, jitter())
+        backoff(attempt, &self.backoff, jitter())
     }
 }
 
@@ -84,7 +91,7 @@ impl RetryBudget {
     pub fn new(settings: &RetryBudgetSettings) -> RetryBudget {
         let ttl_ms = millis_ceil(settings.ttl).max(SLOTS as u64);
         let ratio = if settings.ratio.is_finite() { settings.ratio.max(0.0) } else { 0.0 };
-        let reserve = f64::from(settings.min_retries_per_second) * settings.ttl.as_secs_f64();
+        let reserve = f64::from(settings.min_per_second) * settings.ttl.as_secs_f64();
         RetryBudget {
             slots: Default::default(),
             slot_ms: ttl_ms / SLOTS as u64,
@@ -214,7 +221,7 @@ mod tests {
     fn budget(ratio: f64, min: u32, ttl_ms: u64) -> RetryBudget {
         RetryBudget::new(&RetryBudgetSettings {
             ratio,
-            min_retries_per_second: min,
+            min_per_second: min,
             ttl: Duration::from_millis(ttl_ms),
         })
     }
@@ -228,16 +235,27 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_doubles_and_caps() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_millis(1000);
-        assert_eq!(backoff(0, base, max, 0.0), Duration::from_millis(50));
-        assert_eq!(backoff(0, base, max, 1.0), Duration::from_millis(100));
-        assert_eq!(backoff(1, base, max, 0.0), Duration::from_millis(100));
-        assert_eq!(backoff(3, base, max, 1.0), Duration::from_millis(800));
-        assert_eq!(backoff(4, base, max, 1.0), max);
-        assert_eq!(backoff(40, base, max, 0.5), Duration::from_millis(750));
-        assert_eq!(backoff(2, base, max, f64::NAN), Duration::from_millis(200));
+    fn backoff_grows_by_the_multiplier_caps_and_jitters_within_bounds() {
+        let mut s = BackoffSettings {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+            multiplier: 2.0,
+            jitter: false,
+        };
+        let plain: Vec<u128> = (0..6).map(|a| backoff(a, &s, 0.3).as_millis()).collect();
+        assert_eq!(plain, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(backoff(u32::MAX, &s, 0.3), s.max);
+        s.multiplier = 3.0;
+        assert_eq!(backoff(2, &s, 0.0), Duration::from_millis(900));
+        s.jitter = true;
+        assert_eq!(backoff(2, &s, 0.0), Duration::ZERO);
+        assert_eq!(backoff(2, &s, 0.5), Duration::from_millis(450));
+        assert_eq!(backoff(2, &s, 7.0), Duration::from_millis(900), "samples are clamped");
+        let settings = RetrySettings { backoff: s.clone(), ..Default::default() };
+        for attempt in 0..8 {
+            let d = settings.backoff(attempt);
+            assert!(d <= backoff(attempt, &s, 1.0), "attempt {attempt}: {d:?}");
+        }
     }
 
     #[test]

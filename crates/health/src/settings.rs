@@ -97,34 +97,48 @@ pub struct BreakerSettings {
     pub max_ejection_percent: u8,
 }
 
-/// Retries on the request path (`request.max_retries` and the retry backoff).
+/// Retries on the request path (`request.max_retries`, `request.retry_backoff`,
+/// `request.retry_budget`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetrySettings {
     /// Retries after the first attempt, per client request. Default `2`.
     pub max_retries: u32,
-    /// Backoff before the first retry, before jitter; doubles per retry. Default `25ms`.
-    #[serde(with = "duration")]
-    pub backoff_base: Duration,
-    /// The longest backoff before jitter. Default `1s`.
-    #[serde(with = "duration")]
-    pub backoff_max: Duration,
+    /// The delay before each retry.
+    pub backoff: BackoffSettings,
     /// The shared retry budget.
     pub budget: RetryBudgetSettings,
 }
 
+/// Exponential backoff: `initial * multiplier^attempt`, capped at `max`, then jittered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackoffSettings {
+    /// The delay before the first retry, before jitter. Default `50ms`.
+    #[serde(with = "duration")]
+    pub initial: Duration,
+    /// The longest delay, before jitter. Default `2s`.
+    #[serde(with = "duration")]
+    pub max: Duration,
+    /// Growth per retry, at least 1. Default `2.0`.
+    pub multiplier: f64,
+    /// "Full jitter": each delay uniform in `[0, delay]`, so concurrent retries spread
+    /// out. Default `true`.
+    pub jitter: bool,
+}
+
 /// A retry budget: retries may add at most `ratio` to the requests of the last `ttl`,
-/// plus `min_retries_per_second` so a quiet router can still retry.
+/// plus `min_per_second` so a quiet router can still retry.
 ///
 /// Exactly: within any window of `ttl`, retries <= `ratio` x requests +
-/// `min_retries_per_second` x `ttl` (in seconds), rounded down.
+/// `min_per_second` x `ttl` (in seconds), rounded down.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryBudgetSettings {
     /// Retries per request allowed on top of the requests themselves. Default `0.2`.
     pub ratio: f64,
     /// Retries allowed per second whatever the traffic. Default `3`.
-    pub min_retries_per_second: u32,
+    pub min_per_second: u32,
     /// How long a request's deposit counts. Default `1s` (so defaults give at most
     /// 1.2x requests + 3 attempts per second).
     #[serde(with = "duration")]
@@ -174,16 +188,26 @@ impl Default for RetrySettings {
     fn default() -> Self {
         RetrySettings {
             max_retries: 2,
-            backoff_base: Duration::from_millis(25),
-            backoff_max: Duration::from_secs(1),
+            backoff: BackoffSettings::default(),
             budget: RetryBudgetSettings::default(),
+        }
+    }
+}
+
+impl Default for BackoffSettings {
+    fn default() -> Self {
+        BackoffSettings {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(2),
+            multiplier: 2.0,
+            jitter: true,
         }
     }
 }
 
 impl Default for RetryBudgetSettings {
     fn default() -> Self {
-        RetryBudgetSettings { ratio: 0.2, min_retries_per_second: 3, ttl: Duration::from_secs(1) }
+        RetryBudgetSettings { ratio: 0.2, min_per_second: 3, ttl: Duration::from_secs(1) }
     }
 }
 
@@ -244,8 +268,11 @@ impl BreakerSettings {
 impl RetrySettings {
     /// Check the values, naming the offending key.
     pub fn validate(&self) -> Result<()> {
-        if self.backoff_max < self.backoff_base {
-            return Err(invalid("retry.backoff_max", "must not be shorter than backoff_base"));
+        if self.backoff.max < self.backoff.initial {
+            return Err(invalid("retry.backoff.max", "must not be shorter than initial"));
+        }
+        if !(self.backoff.multiplier >= 1.0 && self.backoff.multiplier <= 1000.0) {
+            return Err(invalid("retry.backoff.multiplier", "must be between 1 and 1000"));
         }
         self.budget.validate()
     }
@@ -430,7 +457,8 @@ mod tests {
         let r = RetrySettings::default();
         assert_eq!(r.max_retries, 2);
         assert!((r.budget.ratio - 0.2).abs() < f64::EPSILON);
-        assert_eq!(r.budget.min_retries_per_second, 3);
+        assert_eq!(r.budget.min_per_second, 3);
+        assert_eq!(r.backoff.initial, Duration::from_millis(50));
         s.validate().unwrap();
         r.validate().unwrap();
     }
@@ -479,7 +507,11 @@ mod tests {
         b.max_ejection_percent = 10;
         b.max_open = Duration::from_millis(1);
         assert!(b.validate().unwrap_err().to_string().contains("max_open"));
-        let r = RetrySettings { backoff_max: Duration::ZERO, ..Default::default() };
-        assert!(r.validate().unwrap_err().to_string().contains("backoff_max"));
+        let mut r = RetrySettings::default();
+        r.backoff.max = Duration::ZERO;
+        assert!(r.validate().unwrap_err().to_string().contains("retry.backoff.max"));
+        r.backoff.max = Duration::from_secs(1);
+        r.backoff.multiplier = 0.5;
+        assert!(r.validate().unwrap_err().to_string().contains("multiplier"));
     }
 }

@@ -1,6 +1,8 @@
 //! Integration tests: the checker against fake backends and the registry's timing rules,
 //! all on tokio's paused clock (except the thread race for the half-open permit).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers panic on setup failures")]
+
 mod util;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -446,6 +448,26 @@ async fn never_more_than_max_ejection_percent_is_ejected_beyond_it_everything_is
     let snap = reg.snapshot();
     assert_eq!((snap.panic, snap.ejected), (false, 1));
     assert_eq!([&b, &c].map(|id| reg.is_available(id)), [false, true], "c's backoff ended too");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_decides_panic_routing_among_one_models_backends() {
+    let reg = HealthRegistry::new(&passive(1), ids(&["a", "b", "c", "d"])).unwrap();
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(BackendId::new);
+    let x = reg.pool([&a, &b]);
+    let y = reg.pool([&c, &d, &BackendId::new("not-tracked")]);
+    fail(&reg, &a, 1);
+    assert!(!x.is_available(&a) && !x.is_panicking(), "one of two may be ejected");
+    fail(&reg, &b, 1);
+    assert!(!reg.is_available(&a) && !reg.is_available(&b), "two of four registry-wide is allowed");
+    assert!(x.is_panicking());
+    assert!(x.is_available(&a) && x.is_available(&b), "both of model x's backends: panic");
+    assert!(!x.admit(&a).unwrap().is_probe());
+    assert!(!y.is_panicking());
+    assert!(y.is_available(&c) && y.is_available(&d));
+    fail(&reg, &c, 1);
+    assert!(!y.is_available(&c), "y has one of two ejected");
+    assert!(format!("{x:?}").contains("\"a\""));
 }
 
 #[tokio::test(start_paused = true)]

@@ -17,7 +17,7 @@ use tokio::time::{Duration, Instant};
 
 /// What one probe does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     Ok,
     /// Connection refused.
     Fail,
@@ -30,7 +30,7 @@ pub enum Step {
 }
 
 /// A backend whose probes follow a script, then repeat `then` forever.
-pub struct FakeBackend {
+pub(crate) struct FakeBackend {
     id: BackendId,
     script: Mutex<VecDeque<Step>>,
     then: Mutex<Step>,
@@ -38,7 +38,11 @@ pub struct FakeBackend {
 }
 
 impl FakeBackend {
-    pub fn new(name: &str, script: impl IntoIterator<Item = Step>, then: Step) -> Arc<FakeBackend> {
+    pub(crate) fn new(
+        name: &str,
+        script: impl IntoIterator<Item = Step>,
+        then: Step,
+    ) -> Arc<FakeBackend> {
         Arc::new(FakeBackend {
             id: BackendId::new(name),
             script: Mutex::new(script.into_iter().collect()),
@@ -48,17 +52,17 @@ impl FakeBackend {
     }
 
     /// From now on every probe does `step` (kill or restart the backend).
-    pub fn set(&self, step: Step) {
+    pub(crate) fn set(&self, step: Step) {
         self.script.lock().clear();
         *self.then.lock() = step;
     }
 
     /// When each probe started, relative to `start`, in milliseconds.
-    pub fn probe_times(&self, start: Instant) -> Vec<u64> {
+    pub(crate) fn probe_times(&self, start: Instant) -> Vec<u64> {
         self.probes.lock().iter().map(|t| t.duration_since(start).as_millis() as u64).collect()
     }
 
-    pub fn as_dyn(self: &Arc<Self>) -> Arc<dyn Backend> {
+    pub(crate) fn as_dyn(self: &Arc<Self>) -> Arc<dyn Backend> {
         Arc::clone(self) as Arc<dyn Backend>
     }
 }
@@ -102,15 +106,15 @@ impl Backend for FakeBackend {
 /// A recorder that keeps the last value of every gauge and the total of every counter,
 /// keyed by `name{label=value,...}` with labels in the order given.
 #[derive(Default)]
-pub struct TestRecorder {
+pub(crate) struct TestRecorder {
     values: Mutex<HashMap<String, Arc<Cell>>>,
 }
 
 #[derive(Default)]
-pub struct Cell(AtomicU64);
+pub(crate) struct Cell(AtomicU64);
 
 impl TestRecorder {
-    pub fn get(&self, key: &str) -> Option<f64> {
+    pub(crate) fn get(&self, key: &str) -> Option<f64> {
         self.values.lock().get(key).map(|c| f64::from_bits(c.0.load(Ordering::SeqCst)))
     }
 
