@@ -119,6 +119,19 @@ fn defaults_and_layer_precedence() {
             ],
         ),
         ok(
+            "env lists of scalars use [a, b]",
+            None,
+            &[
+                ("SWITCHYARD_RATE_LIMIT__TRUSTED_PROXIES", "[10.0.0.0/8, 192.168.1.10]"),
+                ("SWITCHYARD_CACHE__RESPONSE__MODELS", "[gpt-4o, llama-3.1-8b]"),
+            ],
+            &[
+                ("rate_limit.trusted_proxies[0]", "10.0.0.0/8"),
+                ("rate_limit.trusted_proxies[1]", "192.168.1.10/32"),
+                ("cache.response.models[1]", "llama-3.1-8b"),
+            ],
+        ),
+        ok(
             "SWITCHYARD_ vars without __ are not keys",
             None,
             &[("SWITCHYARD_MODEL_DIR", "/models"), ("SWITCHYARD_LOG", "x")],
@@ -805,4 +818,21 @@ fn api_keys_file() {
             "{shown}[1].key: same key as {shown}[0]\n{shown}[1].modles: unknown key \"modles\" (did you mean \"models\"?)\n{shown}[1].name: duplicate key name \"a\" (also {shown}[0])"
         )
     );
+}
+
+#[test]
+fn the_documented_full_example_loads() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+    let text = std::fs::read_to_string(docs).unwrap();
+    let example = text.split("## A full example").nth(1).unwrap();
+    let yaml = example.split("```yaml\n").nth(1).unwrap().split("```").next().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("full.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let overrides = Overrides { config_path: Some(path), ..Overrides::default() };
+    let (config, _) = Config::load_with(&overrides, &example_environment(yaml))
+        .unwrap_or_else(|e| panic!("docs/configuration.md full example:\n{e}"));
+    assert_eq!(config.backends.len(), 4);
+    assert_eq!(config.routing.resolve_alias("fast"), "gpt-4o-mini");
+    assert_eq!(config.routing.weight_for(&config.backends[0]), 3);
 }
