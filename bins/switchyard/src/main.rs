@@ -1,1 +1,148 @@
-fn main() {}
+//! `switchyard`: the command line. Parses arguments, loads the configuration (exit 64
+//! when it is invalid), sets up logging and TLS, and hands over to
+//! `switchyard_server::run`. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use switchyard_config::{Config, LogFormat, LoggingConfig, Overrides};
+
+/// Exit status for an unusable configuration (BSD `EX_USAGE`... `EX_DATAERR` family).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An OpenAI-compatible LLM router with an embedded CPU model"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the router (the default command).
+    Serve(ServeArgs),
+    /// Check, print or generate configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    /// Configuration file (default: ./switchyard.yaml, then the user config dir).
+    #[arg(long, short, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address, e.g. 0.0.0.0:8080 (overrides server.bind_address).
+    #[arg(long)]
+    bind: Option<String>,
+    /// GGUF model for the embedded backend (overrides inference.model_path).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Log level or filter, e.g. debug or switchyard_server=debug (overrides logging.level).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file; exit 0 if valid, 64 with every problem otherwise.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Print the effective configuration (all layers applied, secrets masked).
+    Print(ServeArgs),
+    /// Print a commented starter configuration.
+    Generate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(&args),
+        Command::Config(ConfigCommand::Check { file }) => match Config::check_file(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{}: invalid configuration\n{error}", file.display());
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Config(ConfigCommand::Print(args)) => match load(&args) {
+            Ok(config) => {
+                print!("{}", config.to_masked_yaml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Config(ConfigCommand::Generate) => {
+            print!("{}", switchyard_config::starter_config());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
+    let overrides = Overrides {
+        config_path: args.config.clone(),
+        bind_address: args.bind.clone(),
+        model_path: args.model.clone(),
+        log_level: args.log_level.clone(),
+    };
+    match Config::load(&overrides) {
+        Ok((config, _source)) => Ok(config),
+        Err(error) => {
+            eprintln!("invalid configuration\n{error}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let config = match load(args) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    init_tracing(&config.logging);
+    // One process-wide TLS provider; the libraries also pass theirs explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if config.server.workers > 0 {
+        runtime.worker_threads(config.server.workers);
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(switchyard_server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "switchyard stopped");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(logging: &LoggingConfig) {
+    use tracing_subscriber::EnvFilter;
+    // RUST_LOG wins over the configured level, for debugging sessions.
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&logging.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match logging.format {
+        LogFormat::Json => builder.json().init(),
+        _ => builder.init(),
+    }
+}

@@ -34,6 +34,7 @@
 //! ```
 
 mod body;
+mod convert;
 mod error;
 mod proxy;
 mod routes;
@@ -41,7 +42,8 @@ mod server;
 mod service;
 mod state;
 
+pub use convert::{client_settings, router_spec, server_settings};
 pub use error::{Error, Result};
 pub use routes::{BackendSpec, RouterSpec};
-pub use server::{Server, shutdown_signal};
+pub use server::{Server, run, shutdown_signal};
 pub use state::ServerSettings;

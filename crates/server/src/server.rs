@@ -156,3 +156,13 @@ impl RouterSpec {
         Server::bind(settings, self).await
     }
 }
+
+/// Run the router a configuration describes until SIGTERM or SIGINT, then drain.
+pub async fn run(config: switchyard_config::Config) -> Result<()> {
+    let factory = switchyard_backends::ClientFactory::new(crate::convert::client_settings(&config));
+    let spec = crate::convert::router_spec(&config, &factory)?;
+    let server = Server::bind(crate::convert::server_settings(&config), spec).await?;
+    let address = server.local_addr()?;
+    tracing::info!(%address, backends = config.backends.len(), "switchyard listening");
+    server.serve(shutdown_signal()).await
+}

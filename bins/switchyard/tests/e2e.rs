@@ -1,0 +1,233 @@
+//! The built `switchyard` binary, driven like users drive it: the official `openai`
+//! Python SDK, curl-like raw HTTP, `config check`, and SIGTERM while a stream runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchyard_test_support::{MockUpstream, Script, ms};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+struct Running {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("switchyard-e2e-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn start(tag: &str, config: &str) -> Running {
+    let dir = TempDir::new(tag);
+    let file = dir.write("switchyard.yaml", config);
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn switchyard");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((status, _)) =
+            http(port, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await
+        {
+            if status == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "switchyard did not come up");
+        tokio::time::sleep(ms(50)).await;
+    }
+    Running { child, port, _dir: dir }
+}
+
+/// A raw HTTP/1.1 exchange (what curl does), returning status and body text.
+async fn http(port: u16, request: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, text))
+}
+
+fn post(path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn config_for(mock: &MockUpstream) -> String {
+    format!(
+        "backends:\n  - name: mock\n    type: openai\n    url: \"{}\"\n    api_key: \"sk-provider\"\n",
+        mock.url()
+    )
+}
+
+fn python_with_openai() -> Option<&'static str> {
+    let ok = Command::new("python3")
+        .args(["-c", "import openai"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some("python3");
+    }
+    assert!(
+        std::env::var_os("SWITCHYARD_SKIP_PYTHON").is_some(),
+        "the `openai` Python package is missing: run scripts/test.sh (it installs it), \
+         `python3 -m pip install openai`, or set SWITCHYARD_SKIP_PYTHON=1"
+    );
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_python_sdk_against_the_binary() {
+    let Some(python) = python_with_openai() else { return };
+    let mock = MockUpstream::start(Script::ok().chunks(5)).await.unwrap();
+    let router = start("sdk", &config_for(&mock)).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_sdk.py");
+    let base = format!("http://127.0.0.1:{}/v1", router.port);
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .args([&base, "mock-model"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The SDK's key never reached the upstream; the provider key did.
+    for request in mock.requests() {
+        assert_eq!(request.header("authorization"), Some("Bearer sk-provider"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_http_like_curl() {
+    let mock = MockUpstream::start(Script::ok()).await.unwrap();
+    let router = start("curl", &config_for(&mock)).await;
+    let body = r#"{"model":"mock-model","messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, text) = http(router.port, &post("/v1/chat/completions", body)).await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("chunk 0"), "{text}");
+    let (status, text) = http(router.port, &post("/v1/chat/completions", "{oops")).await.unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("\"type\":\"invalid_request_error\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_an_in_flight_stream_then_exits_cleanly() {
+    let mock = MockUpstream::start(Script::ok().chunks(30).chunk_delay(ms(30))).await.unwrap();
+    let mut router = start("sigterm", &config_for(&mock)).await;
+    let port = router.port;
+    let body =
+        r#"{"model":"mock-model","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let stream = tokio::spawn(async move { http(port, &post("/v1/chat/completions", body)).await });
+    assert!(mock.wait_requests(1, Duration::from_secs(5)).await);
+    tokio::time::sleep(ms(100)).await;
+    let pid = router.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+
+    let (status, text) = stream.await.unwrap().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(text.matches("chunk ").count(), 30, "{text}");
+    assert!(text.contains("data: [DONE]"), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(status) = router.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "switchyard did not exit after draining");
+        tokio::time::sleep(ms(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn config_check_reports_every_problem_with_exit_64() {
+    let dir = TempDir::new("check");
+    let good = dir.write("good.yaml", "backends:\n  - { name: a, url: \"http://127.0.0.1:1\" }\n");
+    let bad = dir.write(
+        "bad.yaml",
+        "server: { bind_adress: x }\nbackends:\n  - { name: a }\n  - { name: a, url: \"http://h\" }\nrouting: { strategy: Fastest }\n",
+    );
+    let out = Command::new(BIN).args(["config", "check"]).arg(&good).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN).args(["config", "check"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in
+        ["server.bind_adress", "bind_address", "backends[0].url", "duplicate", "routing.strategy"]
+    {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn config_generate_output_passes_config_check_and_print_masks_secrets() {
+    let dir = TempDir::new("generate");
+    let out = Command::new(BIN).args(["config", "generate"]).output().unwrap();
+    assert!(out.status.success());
+    let starter = dir.write("starter.yaml", &String::from_utf8(out.stdout).unwrap());
+    let out = Command::new(BIN).args(["config", "check"]).arg(&starter).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let secret = dir.write(
+        "secret.yaml",
+        "backends:\n  - { name: a, url: \"http://127.0.0.1:1\", api_key: \"sk-do-not-print\" }\n",
+    );
+    let out =
+        Command::new(BIN).args(["config", "print", "--config"]).arg(&secret).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.contains("bind_address"), "{printed}");
+    assert!(!printed.contains("sk-do-not-print"), "{printed}");
+}

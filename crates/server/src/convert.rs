@@ -1,0 +1,157 @@
+//! Schema to settings: turn a validated `switchyard_config::Config` into the server's
+//! settings and the library crates' settings structs. The only place that knows both.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use switchyard_backends::{
+    ClientFactory, ClientSettings, HttpVersion, OpenAiBackend, OpenAiSettings, Timeouts,
+};
+use switchyard_config::{BackendConfig, BackendType, Config, Http2Mode};
+use switchyard_core::Backend;
+
+use crate::error::{Error, Result};
+use crate::routes::{BackendSpec, RouterSpec};
+use crate::state::ServerSettings;
+
+/// The server settings of a configuration.
+pub fn server_settings(config: &Config) -> ServerSettings {
+    let server = &config.server;
+    ServerSettings {
+        bind_address: server.bind_address,
+        max_request_size: usize::try_from(server.max_request_size).unwrap_or(usize::MAX),
+        header_read_timeout: server.header_read_timeout,
+        body_read_timeout: config.request.timeout.max(server.header_read_timeout),
+        keepalive_timeout: server.keepalive_timeout,
+        shutdown_grace_period: server.shutdown_grace_period,
+        max_connections: server.max_connections,
+        max_retries: config.request.max_retries,
+        model_refresh_interval: config.cache.model_cache_ttl,
+        discovery_timeout: config
+            .request
+            .first_byte_timeout
+            .min(config.health_checks.timeout.max(std::time::Duration::from_secs(1))),
+    }
+}
+
+/// The upstream connection-pool settings of a configuration.
+pub fn client_settings(config: &Config) -> ClientSettings {
+    let http = &config.http_client;
+    ClientSettings {
+        pool_idle_timeout: http.pool_idle_timeout,
+        pool_max_idle_per_host: http.pool_max_idle_per_host,
+        tcp_keepalive: (!http.tcp_keepalive.is_zero()).then_some(http.tcp_keepalive),
+        http2_keep_alive_interval: (!http.http2_keep_alive_interval.is_zero())
+            .then_some(http.http2_keep_alive_interval),
+    }
+}
+
+/// Build every configured backend and the routing spec.
+pub fn router_spec(config: &Config, factory: &ClientFactory) -> Result<RouterSpec> {
+    let mut backends = Vec::with_capacity(config.backends.len());
+    for backend in &config.backends {
+        let built = build_backend(config, backend, factory)?;
+        let weight = config.routing.weight_for(backend);
+        backends.push(BackendSpec {
+            backend: built,
+            models: backend.models.clone(),
+            weight,
+            url: backend.url.clone(),
+            kind: backend.kind.to_string(),
+        });
+    }
+    Ok(RouterSpec {
+        backends,
+        aliases: config.routing.model_aliases.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        fallbacks: config
+            .routing
+            .fallbacks
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<HashMap<_, _>>(),
+    })
+}
+
+fn build_backend(
+    config: &Config,
+    backend: &BackendConfig,
+    factory: &ClientFactory,
+) -> Result<Arc<dyn Backend>> {
+    let timeouts = backend.effective_timeouts(&config.request);
+    let timeouts = Timeouts {
+        connect: timeouts.connect,
+        first_byte: timeouts.first_byte,
+        total: timeouts.total,
+        idle: timeouts.idle,
+        streaming_total: timeouts.streaming_total,
+    };
+    match backend.kind {
+        kind if kind.is_openai_compatible() => {
+            let settings = OpenAiSettings {
+                name: backend.name.clone(),
+                url: backend.url.clone().unwrap_or_default(),
+                api_key: backend.api_key.as_ref().map(|key| key.expose().to_owned()),
+                headers: backend
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                    .collect(),
+                http: http_version(backend.http2),
+                timeouts,
+                max_connections: backend.effective_max_connections(&config.server),
+                health_path: backend.health_check.path.clone(),
+                ca_file: backend.ca_file.clone(),
+            };
+            Ok(Arc::new(OpenAiBackend::new(&settings, factory)?))
+        }
+        BackendType::Local => Err(Error::Config(format!(
+            "backend `{}`: the embedded model is not available in this build",
+            backend.name
+        ))),
+        other => Err(Error::Config(format!(
+            "backend `{}`: type `{other}` is not supported yet",
+            backend.name
+        ))),
+    }
+}
+
+fn http_version(mode: Http2Mode) -> HttpVersion {
+    match mode {
+        Http2Mode::H2c => HttpVersion::H2c,
+        Http2Mode::Http1 => HttpVersion::Http1,
+        _ => HttpVersion::Auto,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_a_fleet_config() {
+        let config = Config::from_yaml_str(
+            r#"
+server: { bind_address: "0.0.0.0:9000", max_request_size: 1MiB }
+backends:
+  - { name: a, type: vllm, url: "http://10.0.0.1:8000", models: [m1], weight: 2 }
+  - { name: b, url: "http://10.0.0.2:8000/v1", http2: h2c }
+routing:
+  weights: { "http://10.0.0.2:8000/v1": 5 }
+  model_aliases: { fast: m1 }
+  fallbacks: { m1: [m2] }
+request: { max_retries: 4 }
+"#,
+        )
+        .unwrap();
+        let settings = server_settings(&config);
+        assert_eq!(settings.bind_address.port(), 9000);
+        assert_eq!(settings.max_request_size, 1024 * 1024);
+        assert_eq!(settings.max_retries, 4);
+        let spec = router_spec(&config, &ClientFactory::default()).unwrap();
+        let weights: Vec<u32> = spec.backends.iter().map(|b| b.weight).collect();
+        assert_eq!(weights, [2, 5]);
+        assert_eq!(spec.backends[0].kind, "vllm");
+        assert_eq!(spec.aliases["fast"], "m1");
+        assert_eq!(spec.fallbacks["m1"], ["m2"]);
+    }
+}

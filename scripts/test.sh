@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Run Switchyard's whole test suite from a fresh machine: installs what the tests need
+# (Debian packages, Python SDKs, the cached default model), then runs every test.
+#
+# Usage: scripts/test.sh [extra cargo nextest args]
+# Env:   SWITCHYARD_SKIP_INSTALL=1  skip apt/pip installs (everything already present)
+#        CARGO_TARGET_DIR           shared target directory (default ./target)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi
+}
+
+if [[ -z "${SWITCHYARD_SKIP_INSTALL:-}" ]]; then
+    missing=()
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v curl >/dev/null || missing+=(curl)
+    if ((${#missing[@]})); then
+        log "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if ! python3 -c 'import openai, anthropic' 2>/dev/null; then
+        log "installing the openai and anthropic Python SDKs"
+        python3 -m pip install --quiet --disable-pip-version-check openai anthropic
+    fi
+    if ! command -v cargo-nextest >/dev/null; then
+        log "installing cargo-nextest"
+        cargo install --locked cargo-nextest
+    fi
+fi
+
+log "fetching the default model (cached after the first run)"
+scripts/fetch-model.sh >/dev/null
+
+log "running the tests"
+cargo nextest run --workspace --no-fail-fast "$@"
+log "running the doc tests"
+cargo test --workspace --doc
