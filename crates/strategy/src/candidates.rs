@@ -199,7 +199,7 @@ impl<'a> Candidates<'a> {
                 let (mut pos, mut left) = (pos, left);
                 while left > 0 {
                     let b = sel.ring[pos].1;
-                    pos = (pos + 1) % len;
+                    pos = wrap(pos + 1, len);
                     left -= 1;
                     if self.deferred.contains(b as usize) && !self.seen.contains(b as usize) {
                         self.state = State::RingDeferred { pos, left };
@@ -274,7 +274,7 @@ impl<'a> Candidates<'a> {
         let (mut pos, mut left, mut found) = (pos, left, found);
         while left > 0 && found < m {
             let b = sel.ring[pos].1;
-            pos = (pos + 1) % len;
+            pos = wrap(pos + 1, len);
             left -= 1;
             let i = b as usize;
             if self.seen.contains(i) || self.deferred.contains(i) {
@@ -292,41 +292,54 @@ impl<'a> Candidates<'a> {
     }
 
     /// The unseen active backend of least cost, scanning from `offset` so ties spread;
-    /// and whether any active backend has latency data.
+    /// and whether any active backend has latency data (exact on the first call, when
+    /// nothing is seen yet, which is the only time it is used).
     fn least(&self, latency: bool, offset: usize) -> Option<(u32, bool)> {
-        let sel = self.sel;
-        let m = sel.active.len();
-        let mut best: Option<(u32, (u8, f64))> = None;
-        let mut any_known = false;
-        for k in 0..m {
-            let b = sel.active[(offset + k) % m];
-            let entry = &sel.entries[b as usize];
-            let load = in_flight(entry);
-            let cost = if latency {
-                let known = latency_of(entry);
-                any_known |= known.is_some();
-                match known {
-                    // Untried and idle: try it now. Untried but busy: after the rest.
-                    None if load == 0 => (0, 0.0),
-                    None => (2, load as f64),
-                    // Peak-EWMA style: expected wait grows with queued requests, and a
-                    // backend that keeps failing looks proportionally slower.
-                    Some(seconds) => {
-                        let success = entry.stats.success.get().unwrap_or(1.0).max(0.05);
-                        (1, seconds * (load + 1) as f64 / success)
+        let active = &self.sel.active;
+        // Two plain slices instead of `(offset + k) % m`: a division per backend costs
+        // more than everything else in the loop.
+        let (tail, head) = active.split_at(offset.min(active.len()));
+        if !latency {
+            let mut best: Option<(u32, u64)> = None;
+            for &b in head.iter().chain(tail) {
+                if self.seen.contains(b as usize) {
+                    continue;
+                }
+                let load = in_flight(&self.sel.entries[b as usize]);
+                if best.is_none_or(|(_, l)| load < l) {
+                    best = Some((b, load));
+                    if load == 0 {
+                        break; // nothing beats idle
                     }
                 }
-            } else {
-                (0, load as f64)
-            };
+            }
+            return best.map(|(b, _)| (b, false));
+        }
+        let mut best: Option<(u32, u8, f64)> = None;
+        let mut any_known = false;
+        for &b in head.iter().chain(tail) {
             if self.seen.contains(b as usize) {
                 continue;
             }
-            if best.is_none_or(|(_, c)| cost.0 < c.0 || (cost.0 == c.0 && cost.1 < c.1)) {
-                best = Some((b, cost));
+            let entry = &self.sel.entries[b as usize];
+            let load = in_flight(entry);
+            let (class, cost) = match latency_of(entry) {
+                // Untried and idle: try it now. Untried but busy: after the rest.
+                None if load == 0 => (0, 0.0),
+                None => (2, load as f64),
+                // Peak-EWMA style: expected wait grows with queued requests, and a
+                // backend that keeps failing looks proportionally slower.
+                Some(seconds) => {
+                    any_known = true;
+                    let success = entry.stats.success.get().unwrap_or(1.0).max(0.05);
+                    (1, seconds * (load + 1) as f64 / success)
+                }
+            };
+            if best.is_none_or(|(_, c, x)| class < c || (class == c && cost < x)) {
+                best = Some((b, class, cost));
             }
         }
-        best.map(|(b, _)| (b, any_known))
+        best.map(|(b, _, _)| (b, any_known))
     }
 }
 
@@ -354,6 +367,11 @@ impl Iterator for Candidates<'_> {
     fn size_hint(&self) -> (usize, Option<usize>) {
         (0, Some(self.remaining))
     }
+}
+
+/// `i % len` for `i <= len`, without a division.
+fn wrap(i: usize, len: usize) -> usize {
+    if i >= len { i - len } else { i }
 }
 
 fn in_flight(entry: &Entry) -> u64 {

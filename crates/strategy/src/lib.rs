@@ -17,8 +17,10 @@
 //!
 //! # What it does not do
 //!
-//! No I/O, no clock, no runtime, no health checks: the caller measures latency, knows
-//! which backends are healthy and which serve the model, and passes that in.
+//! No I/O, no runtime, no health checks, no metrics export: the caller measures
+//! latency, knows which backends are healthy and which serve the model, and passes that
+//! in. The only outside state read is the monotonic clock, to age the averages when a
+//! result is recorded (callers that have the time pass it instead).
 //!
 //! # Why it is shaped this way
 //!

@@ -42,6 +42,9 @@ pub enum StrategyKind {
 
 /// Selection settings: the strategy-related keys of the `routing` section.
 ///
+/// Unknown keys are ignored at this level so the struct can be flattened into a larger
+/// `routing` section (aliases, fallback chains); the nested sections reject them.
+///
 /// ```yaml
 /// routing:
 ///   strategy: ConsistentHash
@@ -72,7 +75,7 @@ pub struct StrategySettings {
 
 /// `routing.consistent_hash.*`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConsistentHashSettings {
     /// The request header whose value is the session key, preferred over the OpenAI
     /// `user` field and the prompt-prefix hash. Read by the caller. Default `x-session-id`.
@@ -90,7 +93,7 @@ pub struct ConsistentHashSettings {
 
 /// `routing.least_latency.*`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LeastLatencySettings {
     /// Time constant of the latency and success-rate averages: a sample's weight falls
     /// to 1/e after this long, whatever the request rate. Shorter reacts faster, longer
@@ -361,6 +364,8 @@ mod tests {
             let settings: StrategySettings = serde_json::from_str(&json).unwrap();
             assert_eq!(settings.least_latency.decay, expected, "{text}");
         }
+        let typo = serde_json::from_str::<StrategySettings>(r#"{"least_latency":{"alpha":0.3}}"#);
+        assert!(typo.unwrap_err().to_string().contains("unknown field `alpha`"));
         for bad in [r#""soon""#, "-1", r#""5 parsecs""#] {
             let json = format!(r#"{{"least_latency":{{"decay":{bad}}}}}"#);
             assert!(serde_json::from_str::<StrategySettings>(&json).is_err(), "{bad}");

@@ -2,9 +2,10 @@
 //! error counts, moving averages of latency and success. Written by the caller through
 //! an [`InFlight`] guard, read by the strategies, shown by `/admin/backends`.
 //!
-//! Averages decay with time, not with sample count: a sample's weight halves every
-//! `decay x ln 2` whatever the request rate, so a quiet backend's old figures fade and
-//! a busy one's are not dominated by the last few requests.
+//! Averages decay with time, not with sample count: a sample's weight falls to 1/e
+//! after `decay` whatever the request rate, so a quiet backend's old figures fade.
+//! The total weight is capped at 20 samples, so on a busy backend the average still
+//! follows a sudden slowdown within a few requests.
 //!
 //! Every cell is an atomic: recording and reading never lock. The [`StatsRegistry`]
 //! hands the same cells to every selector built for a backend, so rebuilding selectors
@@ -100,7 +101,7 @@ pub(crate) struct LatencyStats {
 }
 
 /// A time-decayed average, lock-free: the mean of all samples, each weighted by
-/// `exp(-age / decay)`. The mean and the total weight share one atomic word (two
+/// `exp(-age / decay)`, with the total weight capped at [`MAX_WEIGHT`]. The mean and the total weight share one atomic word (two
 /// `f32`s) so they change together; the time of the last update is claimed separately
 /// with `fetch_max`, so each interval of decay is applied exactly once.
 #[derive(Debug)]
@@ -115,6 +116,11 @@ struct RegistryMap {
     backends: HashMap<BackendId, Weak<BackendStats>>,
     models: HashMap<(BackendId, Arc<str>), Weak<LatencyStats>>,
 }
+
+/// Most total weight an average carries: at high request rates it spans the last ~20
+/// samples rather than the whole decay period, so a sudden slowdown shows within a few
+/// requests instead of after thousands.
+const MAX_WEIGHT: f64 = 20.0;
 
 /// The instant statistics count time from: the first registry's creation.
 fn epoch() -> Instant {
@@ -322,7 +328,7 @@ impl Ewma {
         // A CAS loop: concurrent recorders retry instead of losing a sample.
         let _ = self.packed.fetch_update(Relaxed, Relaxed, |bits| {
             let (mean, weight) = unpack(bits);
-            let old = f64::from(weight) * keep;
+            let old = (f64::from(weight) * keep).min(MAX_WEIGHT - 1.0);
             let total = old + 1.0;
             let next = (f64::from(mean) * old + sample) / total;
             Some(pack(next as f32, total as f32))
@@ -380,6 +386,21 @@ mod tests {
         // A clock read before the last sample decays nothing.
         e.record(5.0, t0, TAU);
         assert!((e.get().unwrap() - 5.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn a_busy_average_follows_a_slowdown_within_a_few_samples() {
+        let t0 = Instant::now();
+        let e = Ewma::new();
+        for _ in 0..10_000 {
+            e.record(0.005, t0, TAU);
+        }
+        for _ in 0..5 {
+            e.record(0.100, t0, TAU);
+        }
+        // 19 parts of 5ms, then five samples of 100ms each worth 1/20.
+        let mean = e.get().unwrap();
+        assert!(mean > 0.02, "{mean}");
     }
 
     #[test]

@@ -270,16 +270,16 @@ proptest! {
             0.9 + 0.2 * (state % 1000) as f64 / 1000.0
         };
         // Requests one after another on a simulated clock: no sleeping.
-        let mut now = Instant::now();
+        let clock = std::cell::Cell::new(Instant::now());
         let mut run = |requests: usize, delays: &[f64]| {
             let mut counts: HashMap<usize, usize> = HashMap::new();
             for _ in 0..requests {
                 let i = sel.select_with(&RequestKey::NONE, |_, _| true).unwrap();
                 *counts.entry(i).or_default() += 1;
                 let latency = Duration::from_secs_f64(delays[i] * jitter() / 1000.0);
-                now += latency;
+                clock.set(clock.get() + latency);
                 let mut guard = sel.start(i);
-                guard.record_latency_at(latency, now);
+                guard.record_latency_at(latency, clock.get());
                 guard.success();
             }
             counts
@@ -293,9 +293,14 @@ proptest! {
         slow[fastest] *= 20.0;
         let degraded = run(500, &slow);
         prop_assert!(degraded.get(&fastest).copied().unwrap_or(0) <= 100, "{degraded:?}");
-        // Recovery needs a few exploratory samples (5% of requests, spread over the
-        // others) once the slow ones have faded (decay 10s of simulated time).
+        // Recovery takes a few decay periods (10s each) of simulated time for the slow
+        // samples to fade, and a few dozen fresh ones from exploration (5% of requests,
+        // spread over the other backends).
+        let until = clock.get() + Duration::from_secs(60);
         run(3000, &delays);
+        while clock.get() < until {
+            run(50, &delays);
+        }
         let recovered = run(500, &delays);
         prop_assert!(recovered.get(&fastest).copied().unwrap_or(0) >= 430, "{recovered:?}");
     }
