@@ -1,0 +1,537 @@
+//! The transformer forward pass: the llama family (SmolLM2, TinyLlama, Llama 2/3,
+//! Mistral), qwen2 (llama plus q/k/v biases) and gemma3 (extra norms, GELU, sliding
+//! window), written directly over [`Weight`] kernels and plain f32 buffers.
+//!
+//! Why not candle-transformers' models: they keep an f32 copy of the embedding table,
+//! build a RoPE table for the whole trained context per layer, crash on batched
+//! prefill, carry gemma3 bugs (SiLU for GELU), and run candle's ops on a process-wide
+//! thread pool we cannot size. Here each sequence owns its [`KvCache`] and its position,
+//! which is what continuous batching needs next.
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::quant::Weight;
+
+/// The architectures this crate runs, from `general.architecture`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Arch {
+    Llama,
+    Qwen2,
+    Gemma3,
+}
+
+/// Which pairs of dimensions RoPE rotates together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RopeStyle {
+    /// `(2i, 2i + 1)`: llama's GGUF layout (the converter permutes q/k for it).
+    Adjacent,
+    /// `(i, i + d/2)`: GPT-NeoX layout (qwen2, gemma3).
+    Halves,
+}
+
+/// Hyper-parameters read from the GGUF metadata.
+#[derive(Clone, Debug)]
+pub(crate) struct ModelConfig {
+    pub(crate) arch: Arch,
+    pub(crate) hidden: usize,
+    pub(crate) layers: usize,
+    pub(crate) heads: usize,
+    pub(crate) kv_heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) vocab: usize,
+    pub(crate) context_length: usize,
+    eps: f32,
+    rope_dim: usize,
+    rope_base: f32,
+    rope_scale: f32,
+    rope_base_local: f32,
+    rope_style: RopeStyle,
+    sliding_window: Option<usize>,
+    sliding_pattern: usize,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Weight,
+    wk: Weight,
+    wv: Weight,
+    bias: Option<[Vec<f32>; 3]>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    wo: Weight,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    w_gate: Weight,
+    w_up: Weight,
+    w_down: Weight,
+    post_ffn_norm: Option<Vec<f32>>,
+    /// Sliding-window layer (gemma3 local attention).
+    local: bool,
+}
+
+/// A loaded model: weights plus config. Immutable and shared by every sequence.
+pub(crate) struct Model {
+    pub(crate) config: ModelConfig,
+    embeddings: Weight,
+    /// `None`: tied to `embeddings`.
+    output: Option<Weight>,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    inv_freq: Vec<f32>,
+    inv_freq_local: Vec<f32>,
+}
+
+/// One sequence's keys and values, `[position][kv_head][head_dim]` per layer. Grows as
+/// the sequence does; nothing is preallocated for the whole context.
+pub(crate) struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+/// How model loading treats weight formats.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LoadOptions {
+    /// Requantise Q4_1/Q5_0/Q5_1 to Q8_0.
+    pub(crate) requantize: bool,
+}
+
+impl ModelConfig {
+    pub(crate) fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let arch_name = file
+            .str("general.architecture")
+            .ok_or_else(|| Error::Model("gguf metadata lacks `general.architecture`".into()))?;
+        let arch = match arch_name {
+            "llama" | "mistral" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "gemma3" => Arch::Gemma3,
+            other => return Err(Error::UnsupportedArchitecture(other.to_owned())),
+        };
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let hidden = file.usize(&key("embedding_length"))?;
+        let heads = file.usize(&key("attention.head_count"))?;
+        let kv_heads = file.opt_usize(&key("attention.head_count_kv")).unwrap_or(heads);
+        let head_dim = file.opt_usize(&key("attention.key_length")).unwrap_or(hidden / heads.max(1));
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || head_dim % 2 != 0 {
+            return Err(Error::Model(format!(
+                "unsupported attention shape: {heads} heads, {kv_heads} kv heads, head size {head_dim}"
+            )));
+        }
+        let rope_dim = file.opt_usize(&key("rope.dimension_count")).unwrap_or(head_dim).min(head_dim);
+        let rope_scale = match file.opt_f32(&key("rope.scaling.factor")) {
+            Some(f) if f > 0.0 && file.str(&key("rope.scaling.type")) != Some("none") => 1.0 / f,
+            _ => 1.0,
+        };
+        let (rope_style, eps_key, default_base) = match arch {
+            Arch::Llama => (RopeStyle::Adjacent, "attention.layer_norm_rms_epsilon", 10_000.0),
+            Arch::Qwen2 => (RopeStyle::Halves, "attention.layer_norm_rms_epsilon", 1_000_000.0),
+            Arch::Gemma3 => (RopeStyle::Halves, "attention.layer_norm_rms_epsilon", 1_000_000.0),
+        };
+        let sliding_window = match arch {
+            Arch::Gemma3 => Some(file.opt_usize(&key("attention.sliding_window")).unwrap_or(512)),
+            _ => None,
+        };
+        Ok(ModelConfig {
+            arch,
+            hidden,
+            layers: file.usize(&key("block_count"))?,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab: 0,
+            context_length: file.opt_usize(&key("context_length")).unwrap_or(2048),
+            eps: file.opt_f32(&key(eps_key)).unwrap_or(1e-6),
+            rope_dim,
+            rope_base: file.opt_f32(&key("rope.freq_base")).unwrap_or(default_base),
+            rope_scale,
+            rope_base_local: 10_000.0,
+            rope_style,
+            sliding_window,
+            sliding_pattern: 6,
+        })
+    }
+}
+
+impl Model {
+    /// Build the model from an open file. Runs on the current rayon pool.
+    pub(crate) fn load(file: &GgufFile, options: LoadOptions) -> Result<Self> {
+        let mut config = ModelConfig::from_gguf(file)?;
+        let prep = |w: Weight| if options.requantize && w.wants_q8_0() { w.to_q8_0() } else { w };
+        let embeddings = prep(file.weight("token_embd.weight")?);
+        config.vocab = embeddings.rows();
+        if embeddings.cols() != config.hidden {
+            return Err(Error::Model(format!(
+                "token_embd.weight has {} columns, embedding_length is {}",
+                embeddings.cols(),
+                config.hidden
+            )));
+        }
+        let output = if file.has_tensor("output.weight") {
+            Some(prep(file.weight("output.weight")?))
+        } else {
+            None
+        };
+        let gemma = config.arch == Arch::Gemma3;
+        let mut layers = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let t = |name: &str| format!("blk.{i}.{name}");
+            let bias = if file.has_tensor(&t("attn_q.bias")) {
+                Some([
+                    file.vector(&t("attn_q.bias"))?,
+                    file.vector(&t("attn_k.bias"))?,
+                    file.vector(&t("attn_v.bias"))?,
+                ])
+            } else {
+                None
+            };
+            let opt = |name: &str| -> Result<Option<Vec<f32>>> {
+                if file.has_tensor(&t(name)) { file.vector(&t(name)).map(Some) } else { Ok(None) }
+            };
+            let layer = Layer {
+                attn_norm: file.vector(&t("attn_norm.weight"))?,
+                wq: prep(file.weight(&t("attn_q.weight"))?),
+                wk: prep(file.weight(&t("attn_k.weight"))?),
+                wv: prep(file.weight(&t("attn_v.weight"))?),
+                bias,
+                q_norm: opt("attn_q_norm.weight")?,
+                k_norm: opt("attn_k_norm.weight")?,
+                wo: prep(file.weight(&t("attn_output.weight"))?),
+                post_attn_norm: opt("post_attention_norm.weight")?,
+                ffn_norm: file.vector(&t("ffn_norm.weight"))?,
+                w_gate: prep(file.weight(&t("ffn_gate.weight"))?),
+                w_up: prep(file.weight(&t("ffn_up.weight"))?),
+                w_down: prep(file.weight(&t("ffn_down.weight"))?),
+                post_ffn_norm: opt("post_ffw_norm.weight")?,
+                local: gemma
+                    && config.sliding_window.is_some()
+                    && (i + 1) % config.sliding_pattern != 0,
+            };
+            let q_out = config.heads * config.head_dim;
+            let kv_out = config.kv_heads * config.head_dim;
+            if layer.wq.rows() != q_out || layer.wk.rows() != kv_out || layer.wv.rows() != kv_out
+            {
+                return Err(Error::Model(format!("layer {i}: attention weights do not match the head counts")));
+            }
+            layers.push(layer);
+        }
+        let inv_freq = inv_freq(config.rope_dim, config.rope_base, config.rope_scale);
+        let inv_freq_local = inv_freq_fn(config.rope_dim, config.rope_base_local);
+        let output_norm = file.vector("output_norm.weight")?;
+        Ok(Model { config, embeddings, output, output_norm, layers, inv_freq, inv_freq_local })
+    }
+
+    /// A human-readable summary of the weight formats, e.g. `Q8_0 x 210, F32 x 61`.
+    pub(crate) fn weight_types(&self) -> String {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        let mut add = |w: &Weight| {
+            let name = format!("{:?}", w.dtype());
+            match counts.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((name, 1)),
+            }
+        };
+        add(&self.embeddings);
+        if let Some(o) = &self.output {
+            add(o);
+        }
+        for l in &self.layers {
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+                add(w);
+            }
+        }
+        counts.iter().map(|(n, c)| format!("{n} x {c}")).collect::<Vec<_>>().join(", ")
+    }
+
+    /// An empty cache for one sequence.
+    pub(crate) fn new_cache(&self) -> KvCache {
+        KvCache {
+            k: vec![Vec::new(); self.config.layers],
+            v: vec![Vec::new(); self.config.layers],
+            len: 0,
+        }
+    }
+
+    /// Run `tokens` (positions `cache.len()..`) through the model, appending to the
+    /// cache; returns the logits of the last token when `logits` is set. Runs on the
+    /// current rayon pool.
+    pub(crate) fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: bool) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let m = tokens.len();
+        if m == 0 {
+            return Err(Error::Internal("forward called with no tokens".into()));
+        }
+        let h = c.hidden;
+        let mut x = vec![0f32; m * h];
+        for (row, &tok) in x.chunks_mut(h).zip(tokens) {
+            let tok = tok as usize;
+            if tok >= c.vocab {
+                return Err(Error::Internal(format!("token id {tok} is outside the vocabulary")));
+            }
+            self.embeddings.row_into(tok, row);
+        }
+        if c.arch == Arch::Gemma3 {
+            #[allow(clippy::cast_precision_loss)]
+            let scale = (h as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
+        let start = cache.len;
+        let mut normed = vec![0f32; m * h];
+        for (li, layer) in self.layers.iter().enumerate() {
+            rms_norm_rows(&x, &layer.attn_norm, c.eps, &mut normed);
+            let mut qkv = Weight::matmul_many(&[&layer.wq, &layer.wk, &layer.wv], &normed, m);
+            let mut v = qkv.pop().unwrap_or_default();
+            let mut k = qkv.pop().unwrap_or_default();
+            let mut q = qkv.pop().unwrap_or_default();
+            if let Some([bq, bk, bv]) = &layer.bias {
+                add_bias(&mut q, bq);
+                add_bias(&mut k, bk);
+                add_bias(&mut v, bv);
+            }
+            if let Some(w) = &layer.q_norm {
+                rms_norm_heads(&mut q, w, c.eps);
+            }
+            if let Some(w) = &layer.k_norm {
+                rms_norm_heads(&mut k, w, c.eps);
+            }
+            let freqs = if layer.local { &self.inv_freq_local } else { &self.inv_freq };
+            self.rope(&mut q, c.heads, start, freqs);
+            self.rope(&mut k, c.kv_heads, start, freqs);
+            cache.k[li].extend_from_slice(&k);
+            cache.v[li].extend_from_slice(&v);
+            let window = if layer.local { c.sliding_window } else { None };
+            let attn = self.attention(&q, &cache.k[li], &cache.v[li], start, m, window);
+            let mut o = layer.wo.matmul(&attn, m);
+            if let Some(w) = &layer.post_attn_norm {
+                rms_norm_in_place(&mut o, w, c.eps);
+            }
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+            rms_norm_rows(&x, &layer.ffn_norm, c.eps, &mut normed);
+            let mut gu = Weight::matmul_many(&[&layer.w_gate, &layer.w_up], &normed, m);
+            let up = gu.pop().unwrap_or_default();
+            let mut gate = gu.pop().unwrap_or_default();
+            if c.arch == Arch::Gemma3 {
+                gate.iter_mut().zip(&up).for_each(|(g, u)| *g = gelu_tanh(*g) * u);
+            } else {
+                gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u);
+            }
+            let mut down = layer.w_down.matmul(&gate, m);
+            if let Some(w) = &layer.post_ffn_norm {
+                rms_norm_in_place(&mut down, w, c.eps);
+            }
+            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        }
+        cache.len += m;
+        if !logits {
+            return Ok(Vec::new());
+        }
+        let mut last = vec![0f32; h];
+        rms_norm_rows(&x[(m - 1) * h..], &self.output_norm, c.eps, &mut last);
+        let out = self.output.as_ref().unwrap_or(&self.embeddings);
+        Ok(out.matmul(&last, 1))
+    }
+
+    fn rope(&self, x: &mut [f32], heads: usize, start: usize, inv_freq: &[f32]) {
+        let hd = self.config.head_dim;
+        let half = self.config.rope_dim / 2;
+        let mut cos = vec![0f32; half];
+        let mut sin = vec![0f32; half];
+        for (i, row) in x.chunks_mut(heads * hd).enumerate() {
+            #[allow(clippy::cast_precision_loss)]
+            let pos = (start + i) as f32;
+            for (j, f) in inv_freq.iter().enumerate() {
+                let (s, c) = (pos * f).sin_cos();
+                sin[j] = s;
+                cos[j] = c;
+            }
+            for head in row.chunks_mut(hd) {
+                match self.config.rope_style {
+                    RopeStyle::Adjacent => {
+                        for j in 0..half {
+                            let (a, b) = (head[2 * j], head[2 * j + 1]);
+                            head[2 * j] = a * cos[j] - b * sin[j];
+                            head[2 * j + 1] = a * sin[j] + b * cos[j];
+                        }
+                    }
+                    RopeStyle::Halves => {
+                        for j in 0..half {
+                            let (a, b) = (head[j], head[j + half]);
+                            head[j] = a * cos[j] - b * sin[j];
+                            head[j + half] = a * sin[j] + b * cos[j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Causal attention of `m` new queries (positions `start..start + m`) over the cache,
+    /// grouped-query: query head `h` reads kv head `h / (heads / kv_heads)`.
+    fn attention(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        start: usize,
+        m: usize,
+        window: Option<usize>,
+    ) -> Vec<f32> {
+        let c = &self.config;
+        let hd = c.head_dim;
+        let group = c.heads / c.kv_heads;
+        let kv_stride = c.kv_heads * hd;
+        #[allow(clippy::cast_precision_loss)]
+        let scale = 1.0 / (hd as f32).sqrt();
+        let work = |head: usize, out: &mut [f32]| {
+            let kvh = head / group;
+            let mut scores = Vec::with_capacity(start + m);
+            for i in 0..m {
+                let pos = start + i;
+                let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                let qi = &q[(i * c.heads + head) * hd..][..hd];
+                scores.clear();
+                let mut max = f32::NEG_INFINITY;
+                for t in lo..=pos {
+                    let s = dot(qi, &k[t * kv_stride + kvh * hd..][..hd]) * scale;
+                    max = max.max(s);
+                    scores.push(s);
+                }
+                let mut sum = 0f32;
+                for s in &mut scores {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let o = &mut out[i * hd..(i + 1) * hd];
+                o.fill(0.0);
+                for (t, s) in (lo..=pos).zip(&scores) {
+                    let w = s / sum;
+                    let vt = &v[t * kv_stride + kvh * hd..][..hd];
+                    o.iter_mut().zip(vt).for_each(|(a, b)| *a += w * b);
+                }
+            }
+        };
+        // Per head: [m][hd]; then interleave to [m][heads][hd].
+        let mut per_head = vec![0f32; c.heads * m * hd];
+        if m * (start + m) >= 64 {
+            per_head.par_chunks_mut(m * hd).enumerate().for_each(|(head, out)| work(head, out));
+        } else {
+            per_head.chunks_mut(m * hd).enumerate().for_each(|(head, out)| work(head, out));
+        }
+        let mut out = vec![0f32; m * c.heads * hd];
+        for head in 0..c.heads {
+            for i in 0..m {
+                out[(i * c.heads + head) * hd..][..hd]
+                    .copy_from_slice(&per_head[(head * m + i) * hd..][..hd]);
+            }
+        }
+        out
+    }
+}
+
+impl KvCache {
+    /// Positions held.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+fn inv_freq(dim: usize, base: f32, scale: f32) -> Vec<f32> {
+    inv_freq_fn(dim, base).into_iter().map(|f| f * scale).collect()
+}
+
+fn inv_freq_fn(dim: usize, base: f32) -> Vec<f32> {
+    #[allow(clippy::cast_precision_loss)]
+    (0..dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32)).collect()
+}
+
+/// Dot product in eight independent lanes so LLVM vectorises it.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        sum += a[i] * b[i];
+    }
+    sum
+}
+
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let h = w.len();
+    for (row, o) in x.chunks(h).zip(out.chunks_mut(h)) {
+        let scale = rms_scale(row, eps);
+        o.iter_mut().zip(row).zip(w).for_each(|((o, x), w)| *o = x * scale * w);
+    }
+}
+
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let h = w.len();
+    for row in x.chunks_mut(h) {
+        let scale = rms_scale(row, eps);
+        row.iter_mut().zip(w).for_each(|(x, w)| *x *= scale * w);
+    }
+}
+
+/// Per-head norm (gemma3's q/k norms): `w` has `head_dim` entries.
+fn rms_norm_heads(x: &mut [f32], w: &[f32], eps: f32) {
+    rms_norm_in_place(x, w, eps);
+}
+
+fn rms_scale(row: &[f32], eps: f32) -> f32 {
+    #[allow(clippy::cast_precision_loss)]
+    let mean = dot(row, row) / row.len() as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
+fn add_bias(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_mut(b.len()) {
+        row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_naive_sum_for_odd_lengths() {
+        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..19).map(|i| 1.0 - i as f32 * 0.1).collect();
+        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - naive).abs() < 1e-4);
+    }
+
+    #[test]
+    fn activations_have_known_values() {
+        assert!((silu(0.0)).abs() < 1e-7);
+        assert!((silu(2.0) - 1.761_594).abs() < 1e-5);
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+        assert!((gelu_tanh(-3.0) + 0.003_637_4).abs() < 1e-5);
+    }
+
+    #[test]
+    fn rms_norm_gives_unit_rms() {
+        let x = [3.0f32, 4.0, 0.0, 0.0];
+        let mut out = [0f32; 4];
+        rms_norm_rows(&x, &[1.0; 4], 0.0, &mut out);
+        let rms = (out.iter().map(|v| v * v).sum::<f32>() / 4.0).sqrt();
+        assert!((rms - 1.0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,371 @@
+//! Quantized weights and the two kernels the model needs from them: a matrix product
+//! with f32 activations, and a row lookup (token embeddings).
+//!
+//! The per-block dot products are candle's (`GgmlType::vec_dot`, SIMD where candle has
+//! it); the driver around them is ours, so the work runs on the engine's own rayon pool
+//! (candle's quantized matmul uses a process-wide pool sized once from the environment)
+//! and several weights that share an input (q/k/v, gate/up) run in one parallel region.
+//! Everything model code needs goes through [`Weight`], the one place a faster kernel
+//! will plug in.
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
+    BlockQ8_0, GgmlType,
+};
+use half::f16;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// A row-major `[rows, cols]` matrix of blocks: row `r` is `data[r * bpr..(r + 1) * bpr]`.
+#[derive(Clone)]
+pub(crate) struct Blocks<T> {
+    data: Vec<T>,
+    rows: usize,
+    cols: usize,
+}
+
+/// A weight matrix `[rows (outputs), cols (inputs)]` in one of the GGUF formats.
+#[derive(Clone)]
+pub(crate) enum Weight {
+    F32(Blocks<f32>),
+    F16(Blocks<f16>),
+    Q4_0(Blocks<BlockQ4_0>),
+    Q4_1(Blocks<BlockQ4_1>),
+    Q5_0(Blocks<BlockQ5_0>),
+    Q5_1(Blocks<BlockQ5_1>),
+    Q8_0(Blocks<BlockQ8_0>),
+    Q2K(Blocks<BlockQ2K>),
+    Q3K(Blocks<BlockQ3K>),
+    Q4K(Blocks<BlockQ4K>),
+    Q5K(Blocks<BlockQ5K>),
+    Q6K(Blocks<BlockQ6K>),
+}
+
+macro_rules! dispatch {
+    ($w:expr, $b:ident => $body:expr) => {
+        match $w {
+            Weight::F32($b) => $body,
+            Weight::F16($b) => $body,
+            Weight::Q4_0($b) => $body,
+            Weight::Q4_1($b) => $body,
+            Weight::Q5_0($b) => $body,
+            Weight::Q5_1($b) => $body,
+            Weight::Q8_0($b) => $body,
+            Weight::Q2K($b) => $body,
+            Weight::Q3K($b) => $body,
+            Weight::Q4K($b) => $body,
+            Weight::Q5K($b) => $body,
+            Weight::Q6K($b) => $body,
+        }
+    };
+}
+
+/// Columns of output one parallel task computes: enough to amortise the task, few
+/// enough to balance two to eight threads.
+const COLS_PER_TASK: usize = 32;
+
+impl<T: GgmlType> Blocks<T> {
+    fn from_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        if cols % T::BLCK_SIZE != 0 {
+            return Err(Error::Model(format!(
+                "a {:?} row of {cols} values is not a whole number of blocks",
+                T::DTYPE
+            )));
+        }
+        let count = rows * (cols / T::BLCK_SIZE);
+        let size = std::mem::size_of::<T>();
+        if bytes.len() != count * size {
+            return Err(Error::Model(format!(
+                "tensor data is {} bytes, expected {} for {rows}x{cols} {:?}",
+                bytes.len(),
+                count * size,
+                T::DTYPE
+            )));
+        }
+        let mut data = vec![T::zeros(); count];
+        copy_bytes_into(bytes, &mut data);
+        Ok(Blocks { data, rows, cols })
+    }
+
+    fn blocks_per_row(&self) -> usize {
+        self.cols / T::BLCK_SIZE
+    }
+
+    fn row(&self, r: usize) -> &[T] {
+        let bpr = self.blocks_per_row();
+        &self.data[r * bpr..(r + 1) * bpr]
+    }
+
+    fn to_q8_0(&self) -> Blocks<BlockQ8_0> {
+        let bpr_out = self.cols / BlockQ8_0::BLCK_SIZE;
+        let mut data = vec![BlockQ8_0::zeros(); self.rows * bpr_out];
+        data.par_chunks_mut(bpr_out).enumerate().for_each_init(
+            || vec![0f32; self.cols],
+            |row, (r, out)| {
+                T::to_float(self.row(r), row);
+                BlockQ8_0::from_float(row, out);
+            },
+        );
+        Blocks { data, rows: self.rows, cols: self.cols }
+    }
+}
+
+/// Copy raw GGUF tensor bytes into a vector of block structs.
+#[allow(unsafe_code)]
+fn copy_bytes_into<T: GgmlType>(bytes: &[u8], out: &mut [T]) {
+    let len = std::mem::size_of_val(out);
+    assert_eq!(bytes.len(), len, "caller checked the sizes");
+    // SAFETY: candle's block types (and f32/f16) are `#[repr(C)]` structs of f16 and
+    // integer arrays with no padding (candle asserts their sizes equal ggml's), so every
+    // byte pattern is a valid value; `out` is a live, exclusively borrowed allocation of
+    // exactly `len` bytes, and the source is a distinct byte slice of the same length.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr().cast::<u8>(), len);
+    }
+}
+
+impl Weight {
+    /// Build a weight from GGUF tensor bytes. `dims` is row-major (outputs first).
+    pub(crate) fn from_gguf(dtype: GgmlDType, bytes: &[u8], dims: &[usize]) -> Result<Self> {
+        let (rows, cols) = match *dims {
+            [cols] => (1, cols),
+            [rows, cols] => (rows, cols),
+            _ => return Err(Error::Model(format!("expected a matrix, got shape {dims:?}"))),
+        };
+        Ok(match dtype {
+            GgmlDType::F32 => Weight::F32(Blocks::from_bytes(bytes, rows, cols)?),
+            GgmlDType::F16 => Weight::F16(Blocks::from_bytes(bytes, rows, cols)?),
+            GgmlDType::Q4_0 => Weight::Q4_0(Blocks::from_bytes(bytes, rows, cols)?),
+            GgmlDType::Q4_1 => Weight::Q4_1(Blocks::from_bytes(bytes, rows, cols)?),
+            GgmlDType::Q5_0 => Weight::Q5_0(Blocks::from_bytes(bytes, rows, cols)?),
+            GgmlDType::Q5_1 => Weight::Q5_1(Blocks::from_bytes(bytes, rows, cols)?),
+            GgmlDType::Q8_0 => Weight::Q8_0(Blocks::from_bytes(bytes, rows, cols)?),
+            GgmlDType::Q2K => Weight::Q2K(Blocks::from_bytes(bytes, rows, cols)?),
+            GgmlDType::Q3K => Weight::Q3K(Blocks::from_bytes(bytes, rows, cols)?),
+            GgmlDType::Q4K => Weight::Q4K(Blocks::from_bytes(bytes, rows, cols)?),
+            GgmlDType::Q5K => Weight::Q5K(Blocks::from_bytes(bytes, rows, cols)?),
+            GgmlDType::Q6K => Weight::Q6K(Blocks::from_bytes(bytes, rows, cols)?),
+            other => {
+                return Err(Error::Model(format!("unsupported tensor type {other:?}")));
+            }
+        })
+    }
+
+    /// Outputs (rows).
+    pub(crate) fn rows(&self) -> usize {
+        dispatch!(self, b => b.rows)
+    }
+
+    /// Inputs (columns).
+    pub(crate) fn cols(&self) -> usize {
+        dispatch!(self, b => b.cols)
+    }
+
+    /// The GGML type name, for logs.
+    pub(crate) fn dtype(&self) -> GgmlDType {
+        fn of<T: GgmlType>(_: &Blocks<T>) -> GgmlDType {
+            T::DTYPE
+        }
+        dispatch!(self, b => of(b))
+    }
+
+    /// Whether requantising to Q8_0 speeds this weight up: candle has no SIMD dot
+    /// product for these formats, and Q8_0 holds their values almost exactly.
+    pub(crate) fn wants_q8_0(&self) -> bool {
+        matches!(self, Weight::Q4_1(_) | Weight::Q5_0(_) | Weight::Q5_1(_))
+            && self.cols() % BlockQ8_0::BLCK_SIZE == 0
+    }
+
+    /// The same matrix in Q8_0. Runs on the current rayon pool.
+    pub(crate) fn to_q8_0(&self) -> Weight {
+        match self {
+            Weight::Q8_0(b) => Weight::Q8_0(b.clone()),
+            other => Weight::Q8_0(dispatch!(other, b => b.to_q8_0())),
+        }
+    }
+
+    /// The whole matrix as f32, row-major (for small tensors: norms, biases).
+    pub(crate) fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows() * self.cols()];
+        for (r, row) in out.chunks_mut(self.cols()).enumerate() {
+            self.row_into(r, row);
+        }
+        out
+    }
+
+    /// Dequantise row `r` into `out` (`out.len() == cols`).
+    pub(crate) fn row_into(&self, r: usize, out: &mut [f32]) {
+        dispatch!(self, b => to_float_row(b, r, out))
+    }
+
+    /// `out[i, j] = sum_k x[i, k] * self[j, k]` for `m` rows of `x`. Runs on the
+    /// current rayon pool.
+    pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        dispatch!(self, b => matmul_group(&[b], x, m).pop().unwrap_or_default())
+    }
+
+    /// Several products sharing one input, in one parallel region when the weights
+    /// have the same type (q/k/v, gate/up).
+    pub(crate) fn matmul_many(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+        macro_rules! same {
+            ($variant:ident) => {{
+                let group: Option<Vec<_>> = weights
+                    .iter()
+                    .map(|w| match w {
+                        Weight::$variant(b) => Some(b),
+                        _ => None,
+                    })
+                    .collect();
+                if let Some(group) = group {
+                    return matmul_group(&group, x, m);
+                }
+            }};
+        }
+        match weights.first() {
+            Some(Weight::Q8_0(_)) => same!(Q8_0),
+            Some(Weight::Q4_0(_)) => same!(Q4_0),
+            Some(Weight::Q4K(_)) => same!(Q4K),
+            Some(Weight::Q6K(_)) => same!(Q6K),
+            _ => {}
+        }
+        weights.iter().map(|w| w.matmul(x, m)).collect()
+    }
+}
+
+fn to_float_row<T: GgmlType>(b: &Blocks<T>, r: usize, out: &mut [f32]) {
+    T::to_float(b.row(r), out);
+}
+
+/// The shared driver: quantise the activations once to each weight's dot-product
+/// type, then compute output columns in parallel tasks over all the weights.
+fn matmul_group<T: GgmlType>(weights: &[&Blocks<T>], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    let Some(first) = weights.first() else { return Vec::new() };
+    let k = first.cols;
+    debug_assert!(weights.iter().all(|w| w.cols == k));
+    debug_assert_eq!(x.len(), m * k);
+    let vbpr = k / T::VecDotType::BLCK_SIZE;
+    let mut xq = vec![T::VecDotType::zeros(); m * vbpr];
+    if m * k >= 8192 {
+        xq.par_chunks_mut(vbpr)
+            .zip(x.par_chunks(k))
+            .for_each(|(q, row)| T::VecDotType::from_float(row, q));
+    } else {
+        for (q, row) in xq.chunks_mut(vbpr).zip(x.chunks(k)) {
+            T::VecDotType::from_float(row, q);
+        }
+    }
+    // Column-major scratch: task `t` owns columns [t * COLS, (t + 1) * COLS) of one
+    // weight, all m rows, so tasks write disjoint slices.
+    let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; w.rows * m]).collect();
+    {
+        let mut tasks: Vec<(&Blocks<T>, usize, &mut [f32])> = Vec::new();
+        for (w, out) in weights.iter().zip(outs.iter_mut()) {
+            for (t, chunk) in out.chunks_mut(COLS_PER_TASK * m).enumerate() {
+                tasks.push((w, t * COLS_PER_TASK, chunk));
+            }
+        }
+        let xq = &xq;
+        tasks.into_par_iter().for_each(|(w, col0, chunk)| {
+            for (j, col_out) in chunk.chunks_mut(m).enumerate() {
+                let wrow = w.row(col0 + j);
+                for (i, y) in col_out.iter_mut().enumerate() {
+                    *y = T::vec_dot(k, wrow, &xq[i * vbpr..(i + 1) * vbpr]);
+                }
+            }
+        });
+    }
+    if m > 1 {
+        for (w, out) in weights.iter().zip(outs.iter_mut()) {
+            let n = w.rows;
+            let mut t = vec![0f32; n * m];
+            for col in 0..n {
+                for i in 0..m {
+                    t[i * n + col] = out[col * m + i];
+                }
+            }
+            *out = t;
+        }
+    }
+    outs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(w: &[f32], rows: usize, cols: usize, x: &[f32], m: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * rows];
+        for i in 0..m {
+            for j in 0..rows {
+                out[i * rows + j] = (0..cols).map(|c| x[i * cols + c] * w[j * cols + c]).sum();
+            }
+        }
+        out
+    }
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn f32_weight(w: &[f32], rows: usize, cols: usize) -> Weight {
+        let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Weight::from_gguf(GgmlDType::F32, &bytes, &[rows, cols]).unwrap()
+    }
+
+    #[test]
+    fn f32_matmul_matches_reference_for_one_and_many_rows() {
+        let (rows, cols) = (70, 64);
+        let w = pseudo_random(rows * cols, 1);
+        let weight = f32_weight(&w, rows, cols);
+        for m in [1, 3] {
+            let x = pseudo_random(m * cols, 2 + m as u32);
+            let got = weight.matmul(&x, m);
+            let want = reference(&w, rows, cols, &x, m);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_requantisation_stays_close_and_grouped_matmul_agrees() {
+        let (rows, cols) = (40, 64);
+        let w = pseudo_random(rows * cols, 7);
+        let mut q4 = vec![BlockQ4_1::zeros(); rows * cols / 32];
+        BlockQ4_1::from_float(&w, &mut q4);
+        let weight = Weight::Q4_1(Blocks { data: q4, rows, cols });
+        assert!(weight.wants_q8_0());
+        let dense = weight.to_f32();
+        let q8 = weight.to_q8_0();
+        assert!(matches!(q8, Weight::Q8_0(_)));
+        let dense8 = q8.to_f32();
+        let max_err = dense.iter().zip(&dense8).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max_err < 0.01, "requantisation error {max_err}");
+        let x = pseudo_random(2 * cols, 9);
+        let single = q8.matmul(&x, 2);
+        let grouped = Weight::matmul_many(&[&q8, &q8], &x, 2);
+        assert_eq!(grouped[0], single);
+        assert_eq!(grouped[1], single);
+        let want = reference(&dense8, rows, cols, &x, 2);
+        for (a, b) in single.iter().zip(&want) {
+            assert!((a - b).abs() < 0.05, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn wrong_sizes_are_errors_not_panics() {
+        assert!(Weight::from_gguf(GgmlDType::Q8_0, &[0u8; 33], &[1, 32]).is_err());
+        assert!(Weight::from_gguf(GgmlDType::Q8_0, &[0u8; 34], &[1, 31]).is_err());
+        assert!(Weight::from_gguf(GgmlDType::F32, &[0u8; 8], &[1, 1, 2]).is_err());
+    }
+}
