@@ -1,0 +1,2 @@
+//! Cache benchmarks (work in progress).
+fn main() {}
