@@ -65,5 +65,13 @@ fn budget(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, availability, budget);
+/// Reference points: every ejected-path read and every budget operation reads the clock.
+/// (Bench builds enable tokio's `test-util` through dev-dependencies, which makes
+/// `tokio::time::Instant::now` dearer here than in the release binary.)
+fn clock(c: &mut Criterion) {
+    c.bench_function("clock/std_instant_now", |b| b.iter(std::time::Instant::now));
+    c.bench_function("clock/tokio_instant_now", |b| b.iter(tokio::time::Instant::now));
+}
+
+criterion_group!(benches, availability, budget, clock);
 criterion_main!(benches);

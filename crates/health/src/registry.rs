@@ -488,7 +488,13 @@ impl Inner {
 
     /// Milliseconds on the registry clock, starting at 1 so 0 can mean "never".
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX / 4) + 1
+        let e = self.epoch.elapsed();
+        // Not `as_millis`: u128 arithmetic shows up on this path.
+        e.as_secs()
+            .saturating_mul(1000)
+            .saturating_add(u64::from(e.subsec_millis()))
+            .min(u64::MAX / 4)
+            + 1
     }
 
     fn available(&self, i: usize, scope: Option<&[usize]>) -> bool {

@@ -190,7 +190,8 @@ impl RetryBudget {
     }
 
     fn slot_now(&self) -> u32 {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let e = self.epoch.elapsed();
+        let ms = e.as_secs().saturating_mul(1000).saturating_add(u64::from(e.subsec_millis()));
         // Slot numbers wrap after 2^32 slots; comparisons below are wrapping.
         (ms / self.slot_ms) as u32
     }
