@@ -120,8 +120,7 @@ impl<'a> Candidates<'a> {
             StrategyKind::ConsistentHash => match self.key.hash() {
                 Some(point) if !sel.ring.is_empty() => {
                     let start = sel.ring.partition_point(|p| p.0 < point) % sel.ring.len();
-                    let total: u64 =
-                        sel.active.iter().map(|&i| in_flight(&sel.entries[i as usize])).sum();
+                    let total: u64 = sel.hot.iter().map(|h| h.stats.in_flight.load(Relaxed)).sum();
                     let cap =
                         ((1.0 + sel.load_factor) * (total + 1) as f64 / m as f64).ceil() as u64;
                     State::Ring { start, pos: start, left: sel.ring.len(), cap, found: 0 }
@@ -295,19 +294,20 @@ impl<'a> Candidates<'a> {
     /// and whether any active backend has latency data (exact on the first call, when
     /// nothing is seen yet, which is the only time it is used).
     fn least(&self, latency: bool, offset: usize) -> Option<(u32, bool)> {
-        let active = &self.sel.active;
+        let hot = &self.sel.hot;
         // Two plain slices instead of `(offset + k) % m`: a division per backend costs
         // more than everything else in the loop.
-        let (tail, head) = active.split_at(offset.min(active.len()));
+        let (tail, head) = hot.split_at(offset.min(hot.len()));
+        let fresh = self.remaining == self.sel.entries.len();
         if !latency {
             let mut best: Option<(u32, u64)> = None;
-            for &b in head.iter().chain(tail) {
-                if self.seen.contains(b as usize) {
+            for h in head.iter().chain(tail) {
+                if !fresh && self.seen.contains(h.index as usize) {
                     continue;
                 }
-                let load = in_flight(&self.sel.entries[b as usize]);
+                let load = h.stats.in_flight.load(Relaxed);
                 if best.is_none_or(|(_, l)| load < l) {
-                    best = Some((b, load));
+                    best = Some((h.index, load));
                     if load == 0 {
                         break; // nothing beats idle
                     }
@@ -315,31 +315,42 @@ impl<'a> Candidates<'a> {
             }
             return best.map(|(b, _)| (b, false));
         }
-        let mut best: Option<(u32, u8, f64)> = None;
-        let mut any_known = false;
-        for &b in head.iter().chain(tail) {
-            if self.seen.contains(b as usize) {
-                continue;
-            }
-            let entry = &self.sel.entries[b as usize];
-            let load = in_flight(entry);
-            let (class, cost) = match latency_of(entry) {
-                // Untried and idle: try it now. Untried but busy: after the rest.
-                None if load == 0 => (0, 0.0),
-                None => (2, load as f64),
-                // Peak-EWMA style: expected wait grows with queued requests, and a
-                // backend that keeps failing looks proportionally slower.
-                Some(seconds) => {
-                    any_known = true;
-                    let success = entry.stats.success.get().unwrap_or(1.0).max(0.05);
-                    (1, seconds * (load + 1) as f64 / success)
+        // One f64 rank per backend, lowest first: -1 for untried and idle (try it now),
+        // latency x load for measured ones, 1e30 x load for untried but busy ones (after
+        // the rest, while their first request is out).
+        let (mut best, mut best_rank, mut any_known) = (None, f64::INFINITY, false);
+        for part in [head, tail] {
+            for h in part {
+                if !fresh && self.seen.contains(h.index as usize) {
+                    continue;
                 }
-            };
-            if best.is_none_or(|(_, c, x)| class < c || (class == c && cost < x)) {
-                best = Some((b, class, cost));
+                let load = h.stats.in_flight.load(Relaxed);
+                let latency = h
+                    .model
+                    .as_ref()
+                    .and_then(|m| m.ewma.get())
+                    .or_else(|| h.stats.latency.ewma.get());
+                let rank = match latency {
+                    None if load == 0 => -1.0,
+                    None => 1e30 * load as f64,
+                    // Peak-EWMA style: expected wait grows with queued requests, and a
+                    // backend that keeps failing looks proportionally slower.
+                    Some(seconds) => {
+                        any_known = true;
+                        let cost = seconds * (load + 1) as f64;
+                        // Healthy backends sit at exactly 1.0: skip the division for them.
+                        match h.stats.success.get() {
+                            Some(success) if success < 1.0 => cost / success.max(0.05),
+                            _ => cost,
+                        }
+                    }
+                };
+                if rank < best_rank || best.is_none() {
+                    (best, best_rank) = (Some(h.index), rank);
+                }
             }
         }
-        best.map(|(b, _, _)| (b, any_known))
+        best.map(|b| (b, any_known))
     }
 }
 
@@ -376,11 +387,6 @@ fn wrap(i: usize, len: usize) -> usize {
 
 fn in_flight(entry: &Entry) -> u64 {
     entry.stats.in_flight.load(Relaxed)
-}
-
-/// The model's latency if measured, else the backend's.
-fn latency_of(entry: &Entry) -> Option<f64> {
-    entry.model.as_ref().and_then(|m| m.ewma.get()).or_else(|| entry.stats.latency.ewma.get())
 }
 
 impl Bits {

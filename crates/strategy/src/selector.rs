@@ -42,6 +42,9 @@ pub struct Selector {
     pub(crate) entries: Box<[Entry]>,
     /// Indices of backends with a weight above zero (all of them if every weight is 0).
     pub(crate) active: Box<[u32]>,
+    /// The statistics of `active`, position for position: ranking scans read these
+    /// contiguously instead of hopping through `entries`.
+    pub(crate) hot: Box<[Hot]>,
     /// Indices of drained (weight 0) backends, offered last.
     pub(crate) standby: Box<[u32]>,
     /// Step sizes coprime with `active.len()`, for random permutations.
@@ -60,6 +63,14 @@ pub struct Selector {
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) spec: BackendSpec,
+    pub(crate) stats: Arc<BackendStats>,
+    pub(crate) model: Option<Arc<LatencyStats>>,
+}
+
+/// What a ranking scan reads about one active backend.
+#[derive(Debug)]
+pub(crate) struct Hot {
+    pub(crate) index: u32,
     pub(crate) stats: Arc<BackendStats>,
     pub(crate) model: Option<Arc<LatencyStats>>,
 }
@@ -156,6 +167,13 @@ impl Selector {
             primary,
             fallback: settings.fallback_strategy,
             strides: coprime_strides(active.len()),
+            hot: active
+                .iter()
+                .map(|&i| {
+                    let e = &entries[i as usize];
+                    Hot { index: i, stats: Arc::clone(&e.stats), model: e.model.clone() }
+                })
+                .collect(),
             active: active.into(),
             standby: standby.into(),
             entries,
@@ -597,6 +615,16 @@ mod tests {
         assert!(loads.iter().all(|&l| l <= 15), "{loads:?}");
         drop(guards);
         assert_eq!(first(&sel, &key), home);
+    }
+
+    #[test]
+    fn shared_types_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Selector>();
+        send_sync::<crate::Balancer>();
+        send_sync::<StatsRegistry>();
+        send_sync::<InFlight>();
+        send_sync::<RequestKey>();
     }
 
     #[test]
