@@ -1,1 +1,95 @@
-fn main() {}
+//! Embedded-engine benchmark: load time, prefill and decode speed, peak RSS.
+//!
+//! `cargo bench -p switchyard-inference --bench engine` measures the default model (or
+//! `SWITCHYARD_BENCH_MODEL`) at 1 and 2 threads (or `SWITCHYARD_BENCH_THREADS="1 2"`):
+//! a `PROMPT_TOKENS`-token prompt (128) and `DECODE_TOKENS` greedy tokens (128) with
+//! end-of-generation masked, through the real engine. One `RESULT` line per thread count,
+//! in the format `benches/llamacpp-baseline.sh` reads, which runs llama.cpp on the same
+//! file in the same run. Without the model file it prints a note and measures nothing.
+#![allow(clippy::print_stdout, clippy::print_stderr, missing_docs)]
+
+use switchyard_inference::{
+    Engine, GenerateRequest, InferenceSettings, Input, SamplingParams, default_model_path,
+};
+
+/// The same text `benches/llamacpp_bench.py` uses.
+const TEXT: &str = "The history of railways begins with wagonways in the sixteenth century, when horses \
+pulled carts along wooden rails in German mines. Iron rails followed in England, and \
+by the early nineteenth century steam locomotives carried coal and passengers between \
+towns. Switchyards, where trains are sorted and assembled, grew with the networks: \
+a hump yard lets cars roll by gravity onto the right track, guided by switches and \
+retarders. Modern yards are run by computers that plan each car's path, weigh it, and \
+set its speed. The same ideas of routing, queues and throughput appear in computer \
+networks, where packets are switched between links and buffered when links are busy. \
+A router must decide quickly, keep state small, and never lose track of what it holds. ";
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let model = std::env::var_os("SWITCHYARD_BENCH_MODEL").map_or_else(default_model_path, Into::into);
+    if !model.exists() {
+        println!("note: {} is absent; run scripts/fetch-model.sh to benchmark", model.display());
+        return;
+    }
+    let threads: Vec<usize> = std::env::var("SWITCHYARD_BENCH_THREADS")
+        .unwrap_or_else(|_| "1 2".into())
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let n_prompt = env_usize("PROMPT_TOKENS", 128);
+    let n_decode = env_usize("DECODE_TOKENS", 128);
+    for t in threads {
+        let settings = InferenceSettings { threads: t, ..InferenceSettings::for_model(&model) };
+        let engine = match Engine::load(&settings) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("cannot load {}: {e}", model.display());
+                std::process::exit(1);
+            }
+        };
+        let load_ms = engine.info().load_time.as_secs_f64() * 1000.0;
+        let text = TEXT.repeat(4);
+        let mut tokens = match engine.prompt_tokens(&Input::Text(text)) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("cannot tokenize: {e}");
+                std::process::exit(1);
+            }
+        };
+        tokens.truncate(n_prompt);
+        let prompt_len = tokens.len();
+        let output = engine.generate(GenerateRequest {
+            input: Input::Tokens(tokens),
+            max_tokens: Some(n_decode + 1),
+            sampling: SamplingParams::greedy(),
+            stop: Vec::new(),
+            ignore_eos: true,
+        });
+        let finished = match output {
+            Ok(o) => o.finished,
+            Err(e) => {
+                eprintln!("generation failed: {e}");
+                std::process::exit(1);
+            }
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let prefill = prompt_len as f64 / finished.time_to_first_token.as_secs_f64();
+        #[allow(clippy::cast_precision_loss)]
+        let decode = (finished.usage.completion_tokens - 1) as f64 / finished.decode_time.as_secs_f64();
+        println!(
+            "RESULT engine=switchyard threads={t} load_ms={load_ms:.1} prefill_tps={prefill:.1} decode_tps={decode:.1} rss_mb={:.1}",
+            peak_rss_mb()
+        );
+    }
+}

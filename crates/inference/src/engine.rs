@@ -66,6 +66,17 @@ pub struct ModelInfo {
     pub has_chat_template: bool,
 }
 
+/// A snapshot of the scheduler's load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Sequences being generated.
+    pub running: usize,
+    /// Requests waiting for a slot.
+    pub queued: usize,
+    /// Tokens generated since load.
+    pub tokens_generated: u64,
+}
+
 /// What to generate from.
 #[derive(Clone, Debug)]
 pub enum Input {
@@ -177,6 +188,7 @@ struct Shared {
     /// Admitted requests not yet finished (running + waiting).
     pending: AtomicUsize,
     running: AtomicUsize,
+    tokens_generated: AtomicU64,
     /// EWMA of request durations in milliseconds, for the retry hint.
     avg_request_ms: AtomicU64,
 }
@@ -281,6 +293,7 @@ impl Engine {
             settings: settings.clone(),
             pending: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            tokens_generated: AtomicU64::new(0),
             avg_request_ms: AtomicU64::new(2_000),
         });
         let (commands, inbox) = std_mpsc::channel();
@@ -319,6 +332,16 @@ impl Engine {
     /// The prompt tokens of a request, exactly as generation would see them.
     pub fn prompt_tokens(&self, input: &Input) -> Result<Vec<u32>> {
         self.shared.tokenize(input)
+    }
+
+    /// The scheduler's current load.
+    pub fn stats(&self) -> EngineStats {
+        let s = &self.shared;
+        EngineStats {
+            running: s.running.load(Ordering::Acquire),
+            queued: s.queued(),
+            tokens_generated: s.tokens_generated.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether the scheduler thread is alive.
@@ -486,6 +509,7 @@ impl Shared {
         }
         let token = seq.sampler.sample(&mut logits, &seq.tokens);
         seq.generated += 1;
+        self.tokens_generated.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::TOKENS_GENERATED).increment(1);
         let now = Instant::now();
         if seq.first_token.is_none() {

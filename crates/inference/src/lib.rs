@@ -67,7 +67,7 @@ pub mod metrics;
 
 pub use backend::LocalBackend;
 pub use engine::{
-    ChatTurn, Engine, Event, FinishReason, Finished, GenerateRequest, Generation, Input,
+    ChatTurn, Engine, EngineStats, Event, FinishReason, Finished, GenerateRequest, Generation, Input,
     ModelInfo, Output, TokenUsage,
 };
 pub use error::{Error, Result};

@@ -141,10 +141,11 @@ mod tests {
 
     #[test]
     fn python_methods_and_raise_exception_work() {
-        let src = "{{ bos_token }}{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('no tools') }}{% endif %}[{{ m.role.upper() }}] {{ m.content.strip() }}{% if m.content.startswith('x') %}!{% endif %}\n{% endfor %}";
+        let src = "{{ bos_token }}{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('no tools') }}{% endif %}[{{ m.role.upper() }}] {{ m.content.strip() }}{% if m.content.strip().startswith('x') %}!{% endif %}\n{% endfor %}";
         let t = ChatTemplate::new(Some(src), "<s>", "</s>").unwrap();
         let out = t.render(&msgs(&[("user", "  xyz  ")]), None).unwrap();
-        assert_eq!(out, "<s>[USER] xyz!\n");
+        // trim_blocks eats the newline after `{% endif %}`, as in Hugging Face's renderer.
+        assert_eq!(out, "<s>[USER] xyz!");
         let err = t.render(&msgs(&[("tool", "r")]), None).unwrap_err();
         assert!(err.to_string().contains("no tools"), "{err}");
     }
