@@ -664,7 +664,7 @@ pub struct RetryBudgetConfig {
 
 impl Default for RetryBudgetConfig {
     fn default() -> Self {
-        RetryBudgetConfig { ratio: 0.2, min_per_second: 10 }
+        RetryBudgetConfig { ratio: 0.2, min_per_second: 3 }
     }
 }
 

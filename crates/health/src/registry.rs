@@ -211,6 +211,8 @@ struct Detail {
     tracker: Tracker,
     last_check: Option<Instant>,
     last_error: Option<String>,
+    /// Consecutive good probes seen while the circuit was not closed.
+    open_streak: u32,
 }
 
 #[repr(align(64))]
@@ -684,7 +686,8 @@ impl Inner {
             Err(e) if e.code == ErrorCode::Overloaded => ProbeResult::Warming,
             Err(_) => ProbeResult::Failed,
         };
-        let (change, next) = {
+        let circuit_closed = breaker::is_closed(s.circuit.load(Ordering::Acquire));
+        let (change, next, uneject) = {
             let mut d = s.detail.lock();
             let from = d.tracker.state;
             let change = d.tracker.observe(kind, &s.check).map(|to| (from, to));
@@ -693,8 +696,27 @@ impl Inner {
             }
             d.last_check = Some(Instant::now());
             d.last_error = result.err().map(|e| format!("{}: {}", e.code, e.message));
-            (change, d.tracker.next_interval(&s.check))
+            // A passively ejected backend that passes `healthy_threshold` consecutive
+            // active checks after its ejection is taken back (like Envoy's
+            // `successful_active_health_check_uneject_host`): a restarted backend rejoins
+            // after that many good checks even when active checks never saw it down.
+            d.open_streak = match (circuit_closed, kind) {
+                (false, ProbeResult::Ok) => d.open_streak.saturating_add(1),
+                _ => 0,
+            };
+            let uneject = d.open_streak >= s.check.healthy_threshold;
+            if uneject {
+                d.open_streak = 0;
+            }
+            (change, d.tracker.next_interval(&s.check), uneject)
         };
+        if uneject && change.is_none() {
+            let prev = Circuit::decode(s.circuit.swap(breaker::CLOSED, Ordering::AcqRel));
+            let was = CircuitState::of(prev, self.now_ms());
+            if was != CircuitState::Closed {
+                self.circuit_changed(s, was, CircuitState::Closed);
+            }
+        }
         let label = match kind {
             ProbeResult::Ok => "ok",
             ProbeResult::Warming => "warming",
@@ -788,15 +810,19 @@ impl Slot {
     fn new(id: BackendId, check: ResolvedCheck, checked: bool, old: Option<&Slot>) -> Slot {
         let label = id.to_string();
         let mut tracker = Tracker::new(checked);
-        let mut detail = Detail { tracker, last_check: None, last_error: None };
+        let mut detail = Detail { tracker, last_check: None, last_error: None, open_streak: 0 };
         if let Some(old) = old {
             let d = old.detail.lock();
             // Keep the counts only if the backend stays checked (or unchecked).
             let was_checked = d.tracker.state != ActiveState::Unchecked;
             if was_checked == checked {
                 tracker = d.tracker;
-                detail =
-                    Detail { tracker, last_check: d.last_check, last_error: d.last_error.clone() };
+                detail = Detail {
+                    tracker,
+                    last_check: d.last_check,
+                    last_error: d.last_error.clone(),
+                    open_streak: 0,
+                };
             }
         }
         let slot = Slot {

@@ -236,6 +236,50 @@ async fn a_killed_backend_goes_out_and_rejoins_after_healthy_threshold_with_a_re
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_passively_ejected_backend_rejoins_after_healthy_threshold_good_checks() {
+    // Restarted quickly: active checks never saw it down, requests opened its circuit.
+    let a = FakeBackend::new("a", [], Step::Ok);
+    let mut s = checked(3, 2);
+    s.breaker.consecutive_failures = 2;
+    s.breaker.base_open = ms(100_000);
+    s.breaker.max_open = ms(100_000);
+    let reg = HealthRegistry::new(&s, [a.id().clone()]).unwrap();
+    let start = Instant::now();
+    let checker = HealthChecker::spawn(&reg, [a.as_dyn()]).unwrap();
+    checker.ready().await;
+    let mut rx = reg.subscribe();
+
+    sleep_until(start + ms(5_000)).await;
+    fail(&reg, a.id(), 2);
+    assert!(!reg.is_available(a.id()));
+    // Good probes at 10 s and 20 s: the second is the healthy_threshold-th since it opened.
+    sleep_until(start + ms(19_999)).await;
+    assert!(!reg.is_available(a.id()), "one good check is not enough");
+    sleep_until(start + ms(20_001)).await;
+    assert!(reg.is_available(a.id()), "two good checks take it back");
+    assert_eq!(reg.snapshot().backends[0].state, ActiveState::Healthy);
+    let changes: Vec<_> = drain(&mut rx).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(
+        changes,
+        [
+            Change::Circuit { from: CircuitState::Closed, to: CircuitState::Open },
+            Change::Circuit { from: CircuitState::Open, to: CircuitState::Closed },
+        ]
+    );
+
+    // A failed check in between restarts the count.
+    fail(&reg, a.id(), 2);
+    a.set(Step::Fail);
+    sleep_until(start + ms(30_001)).await;
+    a.set(Step::Ok);
+    sleep_until(start + ms(40_001)).await;
+    assert!(!reg.is_available(a.id()), "the count restarted after the failed check");
+    sleep_until(start + ms(50_001)).await;
+    assert!(reg.is_available(a.id()));
+    checker.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn per_backend_overrides_apply() {
     let fast = FakeBackend::new("fast", [], Step::Ok);
     let off = FakeBackend::new("off", [], Step::Fail);

@@ -9,6 +9,10 @@ use switchyard_backends::{
 };
 use switchyard_config::{BackendConfig, BackendType, Config, Http2Mode};
 use switchyard_core::Backend;
+use switchyard_health::{
+    BackoffSettings, BreakerSettings, CheckOverride, CheckSettings, HealthSettings,
+    RetryBudgetSettings, RetrySettings,
+};
 
 use crate::error::{Error, Result};
 use crate::routes::{BackendSpec, RouterSpec};
@@ -25,12 +29,73 @@ pub fn server_settings(config: &Config) -> ServerSettings {
         keepalive_timeout: server.keepalive_timeout,
         shutdown_grace_period: server.shutdown_grace_period,
         max_connections: server.max_connections,
-        max_retries: config.request.max_retries,
+        retry: retry_settings(config),
+        health: health_settings(config),
         model_refresh_interval: config.cache.model_cache_ttl,
         discovery_timeout: config
             .request
             .first_byte_timeout
             .min(config.health_checks.timeout.max(std::time::Duration::from_secs(1))),
+    }
+}
+
+/// Retry count, backoff and budget (`request.*`).
+pub(crate) fn retry_settings(config: &Config) -> RetrySettings {
+    let request = &config.request;
+    RetrySettings {
+        max_retries: request.max_retries,
+        backoff: BackoffSettings {
+            initial: request.retry_backoff.initial,
+            max: request.retry_backoff.max,
+            multiplier: request.retry_backoff.multiplier,
+            jitter: request.retry_backoff.jitter,
+        },
+        budget: RetryBudgetSettings {
+            ratio: request.retry_budget.ratio,
+            min_per_second: request.retry_budget.min_per_second,
+            ..RetryBudgetSettings::default()
+        },
+    }
+}
+
+/// Active checks (with per-backend overrides) and the circuit breaker (`health_checks`).
+pub(crate) fn health_settings(config: &Config) -> HealthSettings {
+    let checks = &config.health_checks;
+    let overrides = config
+        .backends
+        .iter()
+        .map(|backend| {
+            let own = &backend.health_check;
+            let over = CheckOverride {
+                enabled: own.enabled,
+                interval: own.interval,
+                timeout: own.timeout,
+                unhealthy_threshold: own.unhealthy_threshold,
+                healthy_threshold: own.healthy_threshold,
+                ..CheckOverride::default()
+            };
+            (backend.name.clone(), over)
+        })
+        .collect();
+    let breaker = &checks.circuit_breaker;
+    HealthSettings {
+        checks: CheckSettings {
+            enabled: checks.enabled,
+            interval: checks.interval,
+            timeout: checks.timeout,
+            unhealthy_threshold: checks.unhealthy_threshold,
+            healthy_threshold: checks.healthy_threshold,
+            warmup_interval: checks.warmup_interval,
+            overrides,
+        },
+        breaker: BreakerSettings {
+            enabled: breaker.enabled,
+            consecutive_failures: breaker.failure_threshold,
+            base_open: breaker.open_duration,
+            max_open: breaker.max_open_duration,
+            max_ejection_percent: checks.max_ejection_percent,
+            ..BreakerSettings::default()
+        },
     }
 }
 
@@ -146,7 +211,7 @@ request: { max_retries: 4 }
         let settings = server_settings(&config);
         assert_eq!(settings.bind_address.port(), 9000);
         assert_eq!(settings.max_request_size, 1024 * 1024);
-        assert_eq!(settings.max_retries, 4);
+        assert_eq!(settings.retry.max_retries, 4);
         let spec = router_spec(&config, &ClientFactory::default()).unwrap();
         let weights: Vec<u32> = spec.backends.iter().map(|b| b.weight).collect();
         assert_eq!(weights, [2, 5]);

@@ -33,6 +33,7 @@
 //! # }
 //! ```
 
+mod admin;
 mod body;
 mod convert;
 mod error;

@@ -21,7 +21,10 @@ use switchyard_core::{
     ResponseBody,
 };
 
-use crate::body::Body;
+use switchyard_health::{FailureKind, Outcome};
+use tokio::time::Instant;
+
+use crate::body::{Body, OnFinish, RelayOutcome};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -59,17 +62,31 @@ pub(crate) async fn proxy(
         forward.insert(TRACEPARENT, trace.clone());
     }
 
-    let max_attempts = state.settings.max_retries as usize + 1;
+    state.budget.deposit();
+    let max_attempts = state.settings.retry.max_retries as usize + 1;
     let mut attempts = 0;
+    let mut skipped = 0;
     let mut last: Option<Failure> = None;
     'plan: for step in &plan.steps {
         for index in step.route.ordered() {
             let spec = &state.spec.backends[index];
+            let backend = spec.backend.id();
             if !spec.backend.supports(endpoint) {
                 continue;
             }
             if attempts == max_attempts {
                 break 'plan;
+            }
+            let Some(admission) = step.route.health.admit(backend) else {
+                skipped += 1;
+                continue;
+            };
+            if attempts > 0 {
+                if !state.budget.try_withdraw() {
+                    tracing::debug!(%backend, "retry budget exhausted");
+                    break 'plan;
+                }
+                tokio::time::sleep(state.settings.retry.backoff(attempts as u32 - 1)).await;
             }
             attempts += 1;
             let request = BackendRequest {
@@ -79,10 +96,11 @@ pub(crate) async fn proxy(
                 upstream_model: step.upstream_model.clone(),
                 headers: forward.clone(),
             };
-            let backend = spec.backend.id();
+            let started = Instant::now();
             let response = match spec.backend.send(request).await {
                 Ok(response) => response,
                 Err(error) => {
+                    admission.record(Outcome::from_error(&error), started.elapsed());
                     tracing::debug!(%backend, code = %error.code, "attempt failed");
                     if !error.retryable() {
                         return Err(error.into());
@@ -92,17 +110,31 @@ pub(crate) async fn proxy(
                 }
             };
             if retryable_status(response.status) {
+                let wait = switchyard_backends::retry_after(&response.headers);
+                admission.record(
+                    Outcome::from_status(response.status.as_u16(), wait),
+                    started.elapsed(),
+                );
                 tracing::debug!(%backend, status = response.status.as_u16(), "attempt failed");
                 last = Some(Failure::Response(response, index));
                 continue;
             }
             let response = match response.body {
-                ResponseBody::Full(_) => response,
+                ResponseBody::Full(_) => {
+                    admission.record(
+                        Outcome::from_status(response.status.as_u16(), None),
+                        started.elapsed(),
+                    );
+                    response
+                }
                 ResponseBody::Stream(stream) => match first_chunk(stream).await {
                     Ok(stream) => {
+                        admission.record(Outcome::Success, started.elapsed());
                         BackendResponse { body: ResponseBody::Stream(stream), ..response }
                     }
                     Err(error) => {
+                        admission
+                            .record(Outcome::Failure(FailureKind::Interrupted), started.elapsed());
                         tracing::debug!(%backend, code = %error.code, "stream failed before its first byte");
                         last = Some(Failure::Error(error));
                         continue;
@@ -118,6 +150,10 @@ pub(crate) async fn proxy(
             Ok(respond(response, &state, index, &model))
         }
         Some(Failure::Error(error)) => Err(error),
+        None if skipped > 0 => Err(ApiError::new(
+            ErrorCode::NoHealthyBackend,
+            format!("no healthy backend can serve `{}` right now", meta.model),
+        )),
         None => Err(ApiError::new(
             ErrorCode::NoHealthyBackend,
             format!("no backend can serve `{}` for {}", meta.model, endpoint.path()),
@@ -162,7 +198,20 @@ fn respond(
                 .headers
                 .get(header::CONTENT_TYPE)
                 .is_none_or(|v| v.as_bytes().starts_with(b"text/event-stream"));
-            Body::relay(stream, sse, None)
+            let health = state.health.clone();
+            let id = spec.backend.id().clone();
+            let started = Instant::now();
+            let on_finish: OnFinish = Box::new(move |outcome, _bytes| {
+                // A cut stream is a failure of its backend; a client hanging up is not.
+                if let RelayOutcome::Failed(_) = outcome {
+                    health.record(
+                        &id,
+                        Outcome::Failure(FailureKind::Interrupted),
+                        started.elapsed(),
+                    );
+                }
+            });
+            Body::relay(stream, sse, Some(on_finish))
         }
     };
     let mut out = Response::new(body);

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use switchyard_core::openai::Model;
 use switchyard_core::{Backend, BackendId, ErrorCode};
+use switchyard_health::{HealthPool, HealthRegistry};
 
 use crate::error::ApiError;
 
@@ -51,6 +52,8 @@ pub(crate) struct RouteTable {
 pub(crate) struct ModelRoute {
     pub(crate) model: Arc<str>,
     pub(crate) candidates: Vec<usize>,
+    /// Health of exactly these candidates (panic routing counts within the model).
+    pub(crate) health: HealthPool,
     next: AtomicUsize,
 }
 
@@ -67,7 +70,11 @@ pub(crate) struct Plan {
 
 impl RouteTable {
     /// Build from the spec and the model lists discovered per backend index.
-    pub(crate) fn build(spec: &RouterSpec, discovered: &HashMap<usize, Vec<Model>>) -> Self {
+    pub(crate) fn build(
+        spec: &RouterSpec,
+        health: &HealthRegistry,
+        discovered: &HashMap<usize, Vec<Model>>,
+    ) -> Self {
         let mut by_model: HashMap<String, Vec<usize>> = HashMap::new();
         let mut listing = Vec::new();
         let mut listed = HashSet::new();
@@ -109,15 +116,29 @@ impl RouteTable {
         let models = by_model
             .into_iter()
             .map(|(name, candidates)| {
+                let pool = health.pool(candidates.iter().map(|&i| spec.backends[i].backend.id()));
                 let route = ModelRoute {
                     model: Arc::from(name.as_str()),
                     candidates,
+                    health: pool,
                     next: AtomicUsize::new(0),
                 };
                 (name, Arc::new(route))
             })
             .collect();
         RouteTable { models, listing }
+    }
+
+    /// The models backend `index` serves, sorted.
+    pub(crate) fn models_of(&self, index: usize) -> Vec<&str> {
+        let mut models: Vec<&str> = self
+            .models
+            .iter()
+            .filter(|(_, route)| route.candidates.contains(&index))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        models.sort_unstable();
+        models
     }
 
     /// The merged model list.
@@ -203,6 +224,14 @@ mod tests {
         }
     }
 
+    fn registry(spec: &RouterSpec) -> HealthRegistry {
+        HealthRegistry::new(
+            &switchyard_health::HealthSettings::default(),
+            spec.backends.iter().map(|b| b.backend.id().clone()),
+        )
+        .unwrap()
+    }
+
     fn spec() -> RouterSpec {
         let backend = |name: &str, models: &[&str]| {
             BackendSpec::new(
@@ -225,7 +254,8 @@ mod tests {
     fn merges_configured_and_discovered_models_without_duplicates() {
         let discovered =
             HashMap::from([(2, vec![Model::new("llama3", "x"), Model::new("shared", "x")])]);
-        let table = RouteTable::build(&spec(), &discovered);
+        let spec = spec();
+        let table = RouteTable::build(&spec, &registry(&spec), &discovered);
         let ids: Vec<(&str, &str)> =
             table.listing().iter().map(|m| (m.id.as_str(), m.owned_by.as_str())).collect();
         assert_eq!(
@@ -238,7 +268,7 @@ mod tests {
     #[test]
     fn plan_follows_alias_and_fallback_chain_and_rewrites_names() {
         let spec = spec();
-        let table = RouteTable::build(&spec, &HashMap::new());
+        let table = RouteTable::build(&spec, &registry(&spec), &HashMap::new());
         let plan = table.plan(&spec, "gpt-4o").unwrap();
         let steps: Vec<(&str, Option<&str>)> =
             plan.steps.iter().map(|s| (&*s.route.model, s.upstream_model.as_deref())).collect();
@@ -254,7 +284,7 @@ mod tests {
     #[test]
     fn round_robin_rotates_over_candidates() {
         let spec = spec();
-        let table = RouteTable::build(&spec, &HashMap::new());
+        let table = RouteTable::build(&spec, &registry(&spec), &HashMap::new());
         let route = &table.plan(&spec, "shared").unwrap().steps[0].route;
         let firsts: Vec<usize> = (0..4).map(|_| route.ordered().next().unwrap()).collect();
         assert_eq!(firsts, [0, 1, 0, 1]);

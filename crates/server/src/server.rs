@@ -9,6 +9,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use switchyard_health::HealthChecker;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -21,6 +22,7 @@ use crate::state::{AppState, ServerSettings};
 pub struct Server {
     listener: TcpListener,
     state: Arc<AppState>,
+    checker: Option<HealthChecker>,
 }
 
 impl Server {
@@ -31,9 +33,17 @@ impl Server {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| Error::Bind { address: address.to_string(), source })?;
-        let state = Arc::new(AppState::new(settings, spec));
-        state.discover_models().await;
-        Ok(Server { listener, state })
+        let state = Arc::new(AppState::new(settings, spec)?);
+        let backends = state.spec.backends.iter().map(|b| b.backend.clone());
+        let checker = HealthChecker::spawn(&state.health, backends)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        // Pre-warm connections whenever a backend becomes healthy (the first passing
+        // probe at start-up included).
+        tokio::spawn(prewarm_on_recovery(state.clone()));
+        // No request meets an unprobed backend: wait for the first round of checks
+        // (each bounded by its timeout) and the first model discovery, concurrently.
+        tokio::join!(checker.ready(), state.discover_models());
+        Ok(Server { listener, state, checker: Some(checker) })
     }
 
     /// The address actually bound (useful with port 0).
@@ -46,7 +56,7 @@ impl Server {
     /// Serve until `shutdown` resolves, then stop accepting, let in-flight requests
     /// (streams included) finish within the grace period, and return.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let Server { listener, state } = self;
+        let Server { listener, state, checker } = self;
         let settings = state.settings.clone();
         let refresher = tokio::spawn(refresh_models(state.clone()));
 
@@ -101,6 +111,9 @@ impl Server {
         }
         drop(listener);
         refresher.abort();
+        if let Some(checker) = checker {
+            checker.shutdown().await;
+        }
         tracing::info!("shutting down: draining in-flight requests");
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections drained"),
@@ -109,6 +122,36 @@ impl Server {
             }
         }
         Ok(())
+    }
+}
+
+/// Connections opened ahead of traffic to a backend that (re)joins.
+const PREWARM_CONNECTIONS: usize = 2;
+
+async fn prewarm_on_recovery(state: Arc<AppState>) {
+    let mut transitions = state.health.subscribe();
+    loop {
+        match transitions.recv().await {
+            Ok(transition) if transition.is_recovery() => {
+                let Some(spec) =
+                    state.spec.backends.iter().find(|b| *b.backend.id() == transition.backend)
+                else {
+                    continue;
+                };
+                let backend = spec.backend.clone();
+                tokio::spawn(async move {
+                    // Concurrent zero-token probes open pooled connections the next
+                    // requests reuse (HTTP/1.1 needs one per concurrent request).
+                    let warm = (0..PREWARM_CONNECTIONS).map(|_| backend.probe());
+                    let results = futures_util::future::join_all(warm).await;
+                    let ok = results.iter().filter(|r| r.is_ok()).count();
+                    tracing::debug!(backend = %backend.id(), ok, "pre-warmed connections");
+                });
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

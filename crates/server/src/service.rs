@@ -51,6 +51,14 @@ async fn dispatch(
             allow_get(&request)?;
             Ok(json(StatusCode::OK, state.table().models_json.clone()))
         }
+        "/admin/health" => {
+            allow_get(&request)?;
+            Ok(json(StatusCode::OK, crate::admin::health(&state)))
+        }
+        "/admin/backends" => {
+            allow_get(&request)?;
+            Ok(json(StatusCode::OK, crate::admin::backends(&state)))
+        }
         _ => Err(ApiError::new(
             ErrorCode::NotFound,
             format!("no route for {} {path}", request.method()),

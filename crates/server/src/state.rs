@@ -14,6 +14,7 @@ use http::HeaderValue;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchyard_core::openai::{Model, ModelList};
+use switchyard_health::{HealthRegistry, HealthSettings, RetryBudget, RetrySettings};
 
 use crate::routes::{RouteTable, RouterSpec};
 
@@ -37,8 +38,11 @@ pub struct ServerSettings {
     /// Most client connections at once; further connections wait in the backlog.
     /// Default 10,000.
     pub max_connections: usize,
-    /// Retries on another candidate after a failure before the first byte. Default 2.
-    pub max_retries: u32,
+    /// Retries on another candidate after a failure before the first byte: how many,
+    /// the backoff between them and the retry budget.
+    pub retry: RetrySettings,
+    /// Active health checks and the circuit breaker.
+    pub health: HealthSettings,
     /// How often backend model lists are refreshed. Default 300 s.
     pub model_refresh_interval: Duration,
     /// Time a backend has to answer a model-list request. Default 5 s.
@@ -49,6 +53,8 @@ pub struct ServerSettings {
 pub(crate) struct AppState {
     pub(crate) settings: ServerSettings,
     pub(crate) spec: RouterSpec,
+    pub(crate) health: HealthRegistry,
+    pub(crate) budget: RetryBudget,
     table: ArcSwap<TableWithListing>,
     discovered: Mutex<HashMap<usize, Vec<Model>>>,
     request_ids: RequestIds,
@@ -76,7 +82,8 @@ impl Default for ServerSettings {
             keepalive_timeout: Duration::from_secs(75),
             shutdown_grace_period: Duration::from_secs(30),
             max_connections: 10_000,
-            max_retries: 2,
+            retry: RetrySettings::default(),
+            health: HealthSettings::default(),
             model_refresh_interval: Duration::from_secs(300),
             discovery_timeout: Duration::from_secs(5),
         }
@@ -84,16 +91,22 @@ impl Default for ServerSettings {
 }
 
 impl AppState {
-    pub(crate) fn new(settings: ServerSettings, spec: RouterSpec) -> Self {
+    pub(crate) fn new(settings: ServerSettings, spec: RouterSpec) -> crate::Result<Self> {
+        let ids = spec.backends.iter().map(|b| b.backend.id().clone());
+        let health = HealthRegistry::new(&settings.health, ids)
+            .map_err(|e| crate::Error::Config(e.to_string()))?;
+        let budget = RetryBudget::new(&settings.retry.budget);
         let discovered = HashMap::new();
-        let table = TableWithListing::build(&spec, &discovered);
-        AppState {
+        let table = TableWithListing::build(&spec, &health, &discovered);
+        Ok(AppState {
             settings,
             spec,
+            health,
+            budget,
             table: ArcSwap::from_pointee(table),
             discovered: Mutex::new(discovered),
             request_ids: RequestIds::new(),
-        }
+        })
     }
 
     /// The current route table.
@@ -131,7 +144,7 @@ impl AppState {
             }
             discovered.clone()
         };
-        self.table.store(Arc::new(TableWithListing::build(&self.spec, &snapshot)));
+        self.table.store(Arc::new(TableWithListing::build(&self.spec, &self.health, &snapshot)));
     }
 
     /// A request id header value: the client's own if it sent a sane one.
@@ -148,8 +161,12 @@ impl AppState {
 }
 
 impl TableWithListing {
-    fn build(spec: &RouterSpec, discovered: &HashMap<usize, Vec<Model>>) -> Self {
-        let table = RouteTable::build(spec, discovered);
+    fn build(
+        spec: &RouterSpec,
+        health: &HealthRegistry,
+        discovered: &HashMap<usize, Vec<Model>>,
+    ) -> Self {
+        let table = RouteTable::build(spec, health, discovered);
         let list = ModelList::new(table.listing().to_vec());
         let models_json = serde_json::to_vec(&list).map(Bytes::from).unwrap_or_default();
         TableWithListing { table, models_json }
@@ -181,7 +198,7 @@ mod tests {
 
     #[test]
     fn request_ids_are_unique_and_client_ids_are_kept_when_sane() {
-        let state = AppState::new(ServerSettings::default(), RouterSpec::default());
+        let state = AppState::new(ServerSettings::default(), RouterSpec::default()).unwrap();
         let a = state.request_id(None);
         let b = state.request_id(None);
         assert_ne!(a, b);

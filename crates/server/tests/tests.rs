@@ -205,8 +205,11 @@ async fn unreachable_upstream_is_502_and_silent_upstream_is_504() {
         },
         &["slow"],
     );
-    let router =
-        Router::start(spec(vec![openai("dead", &dead_url, &["gone"]), silent_backend])).await;
+    // Without active checks the router must find out on the request path.
+    let mut settings = util::settings();
+    settings.health.checks.enabled = false;
+    let backends = spec(vec![openai("dead", &dead_url, &["gone"]), silent_backend]);
+    let router = Router::start_with(backends, settings).await;
 
     router.post(CHAT, &chat("gone", false)).await.assert_error(502, "upstream_unavailable");
     let started = std::time::Instant::now();
