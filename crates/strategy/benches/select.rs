@@ -1,14 +1,22 @@
 //! One selection (the first acceptable candidate) for every strategy over 10 and 100
 //! backends, with statistics populated and some requests in flight. Target: under
 //! 1 µs at 100 backends.
+//!
+//! `select/*` is wall time, as criterion measures by default. On a shared machine wall
+//! time includes the time other processes held the CPU, so `select_cpu/*` measures the
+//! same selections in this thread's CPU time (Linux `/proc/thread-self/schedstat`, which
+//! the kernel updates at scheduler ticks, hence few long samples; wall time elsewhere).
 // cargo bench -p switchyard-strategy
 
 #![allow(missing_docs, clippy::expect_used)] // reason: a benchmark harness, not library code
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::measurement::{Measurement, ValueFormatter};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use switchyard_strategy::{
     BackendSpec, InFlight, RequestKey, Selector, StatsRegistry, StrategyKind, StrategySettings,
 };
@@ -83,5 +91,95 @@ fn select(c: &mut Criterion) {
     });
 }
 
+fn select_cpu(c: &mut Criterion<ThreadCpu>) {
+    let keys: Vec<RequestKey> =
+        (0..1024).map(|i| RequestKey::from_str(&format!("session-{i}"))).collect();
+    let mut group = c.benchmark_group("select_cpu");
+    // The kernel accounts thread CPU time at scheduler ticks (a few ms): few, long,
+    // equal samples keep that granularity below 1% of each.
+    group.sampling_mode(SamplingMode::Flat);
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(5));
+    for kind in StrategyKind::ALL {
+        let (selector, _guards) = setup(kind, 100);
+        group.bench_with_input(BenchmarkId::new(kind.as_str(), 100), &100, |b, _| {
+            let mut k = 0;
+            b.iter(|| {
+                k = (k + 1) & 1023;
+                selector.select_with(black_box(&keys[k]), |_, _| true)
+            })
+        });
+    }
+    group.finish();
+}
+
+/// CPU time of the benchmarking thread, in nanoseconds.
+struct ThreadCpu;
+
+impl ThreadCpu {
+    fn now() -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    }
+}
+
+impl Measurement for ThreadCpu {
+    type Intermediate = (Option<u64>, Instant);
+    type Value = f64;
+
+    fn start(&self) -> Self::Intermediate {
+        (ThreadCpu::now(), Instant::now())
+    }
+    fn end(&self, (cpu, wall): Self::Intermediate) -> f64 {
+        match (cpu, ThreadCpu::now()) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64,
+            _ => wall.elapsed().as_nanos() as f64,
+        }
+    }
+    fn add(&self, a: &f64, b: &f64) -> f64 {
+        a + b
+    }
+    fn zero(&self) -> f64 {
+        0.0
+    }
+    fn to_f64(&self, value: &f64) -> f64 {
+        *value
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        self
+    }
+}
+
+impl ValueFormatter for ThreadCpu {
+    fn scale_values(&self, ns: f64, values: &mut [f64]) -> &'static str {
+        let (factor, unit) = if ns < 1e3 { (1.0, "ns") } else { (1e-3, "µs") };
+        values.iter_mut().for_each(|v| *v *= factor);
+        unit
+    }
+    fn scale_throughputs(
+        &self,
+        _: f64,
+        throughput: &Throughput,
+        values: &mut [f64],
+    ) -> &'static str {
+        let per = match *throughput {
+            Throughput::Bytes(n) | Throughput::BytesDecimal(n) | Throughput::Elements(n) => {
+                n as f64
+            }
+        };
+        values.iter_mut().for_each(|v| *v = per * 1e9 / *v);
+        "/s"
+    }
+    fn scale_for_machines(&self, _: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
 criterion_group!(benches, select);
-criterion_main!(benches);
+criterion_group! {
+    name = cpu;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = select_cpu
+}
+criterion_main!(benches, cpu);

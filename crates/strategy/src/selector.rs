@@ -1,7 +1,7 @@
 //! A [`Selector`]: one strategy over an immutable set of backends, built once per
 //! configuration (or per model) and shared by every request until the next reload.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -19,7 +19,8 @@ use crate::stats::{BackendSnapshot, BackendStats, InFlight, LatencyStats, StatsR
 pub struct BackendSpec {
     /// The backend's unique name.
     pub id: BackendId,
-    /// Its base URL: `routing.weights` may be keyed by it, as in the seed.
+    /// Its base URL: `routing.weights` may be keyed by it, as in the seed. Empty for a
+    /// backend without one (the embedded model).
     pub url: String,
     /// Its own weight (`backends[].weight`), 1 unless set; `routing.weights` overrides it.
     pub weight: u32,
@@ -262,12 +263,10 @@ fn effective_weights(
     strict: bool,
 ) -> Result<Vec<u32>> {
     let mut names = HashSet::with_capacity(backends.len());
-    let mut by_url: HashMap<&str, usize> = HashMap::with_capacity(backends.len());
-    for (i, spec) in backends.iter().enumerate() {
+    for spec in backends {
         if !names.insert(spec.id.as_str()) {
             return Err(Error::DuplicateBackend(spec.id.clone()));
         }
-        by_url.entry(normalise_url(&spec.url)).or_insert(i);
     }
     let mut weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
     // Names win over URLs whatever the map order, so apply URL keys first.
@@ -278,7 +277,7 @@ fn effective_weights(
         let url = normalise_url(key);
         let mut matched = false;
         for (i, spec) in backends.iter().enumerate() {
-            if normalise_url(&spec.url) == url {
+            if !url.is_empty() && normalise_url(&spec.url) == url {
                 weights[i] = weight;
                 matched = true;
             }
