@@ -38,6 +38,8 @@ use crate::response::{CachedResponse, ResponseCache};
 
 const SHARDS: usize = 16;
 
+type FlightMap = HashMap<CacheKey, Arc<Flight>>;
+
 /// Shares upstream calls between identical concurrent requests. Cheap to clone;
 /// clones share the flights. Must be used inside a tokio runtime.
 #[derive(Clone)]
@@ -80,7 +82,7 @@ enum Source {
 }
 
 struct FlightsInner {
-    shards: Box<[Mutex<HashMap<CacheKey, Arc<Flight>>>]>,
+    shards: Box<[Mutex<FlightMap>]>,
     max_flight_bytes: usize,
     metrics: FlightMetrics,
 }
@@ -170,7 +172,12 @@ impl SingleFlight {
     /// `start` resolves to the upstream response body, or to the error every
     /// subscriber will see. It runs at most once per flight and never under a lock.
     /// A clean answer is stored in `store` when it completes.
-    pub fn join<F, Fut>(&self, key: CacheKey, store: Option<&ResponseCache>, start: F) -> Subscription
+    pub fn join<F, Fut>(
+        &self,
+        key: CacheKey,
+        store: Option<&ResponseCache>,
+        start: F,
+    ) -> Subscription
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<ResponseBody, BackendError>> + Send + 'static,
@@ -181,21 +188,21 @@ impl SingleFlight {
         }
         let shard = &self.inner.shards[shard_of(&key)];
         let mut flights = shard.lock();
-        if let Some(flight) = flights.get(&key) {
-            if let Some(slot) = flight.attach() {
-                let flight = Arc::clone(flight);
-                drop(flights);
-                if let Some(store) = store {
-                    store.record_miss();
-                }
-                self.inner.metrics.followers.increment(1);
-                let waiter = self.inner.metrics.waiters.clone();
-                waiter.increment(1.0);
-                return Subscription {
-                    role: JoinRole::Follower,
-                    source: Source::Flight { flight, slot, pos: 0, ended: false, waiter: Some(waiter) },
-                };
+        if let Some(flight) = flights.get(&key)
+            && let Some(slot) = flight.attach()
+        {
+            let flight = Arc::clone(flight);
+            drop(flights);
+            if let Some(store) = store {
+                store.record_miss();
             }
+            self.inner.metrics.followers.increment(1);
+            let waiter = self.inner.metrics.waiters.clone();
+            waiter.increment(1.0);
+            return Subscription {
+                role: JoinRole::Follower,
+                source: Source::Flight { flight, slot, pos: 0, ended: false, waiter: Some(waiter) },
+            };
         }
         // A flight may have completed and been stored since the first look; completion
         // stores before it unregisters, and unregistering takes this lock.
@@ -204,7 +211,11 @@ impl SingleFlight {
             self.inner.metrics.cached.increment(1);
             return Subscription::cached(found);
         }
-        let flight = Arc::new(Flight::new(key.clone(), Arc::downgrade(&self.inner), self.inner.max_flight_bytes));
+        let flight = Arc::new(Flight::new(
+            key.clone(),
+            Arc::downgrade(&self.inner),
+            self.inner.max_flight_bytes,
+        ));
         flights.insert(key, Arc::clone(&flight));
         drop(flights);
         let redis = store.is_some_and(ResponseCache::has_redis);
@@ -217,7 +228,12 @@ impl SingleFlight {
     /// Run `start` in a flight of its own that nobody joins and that does not look in
     /// `store`, but stores its clean answer there: for requests that must not be
     /// answered from a cache (`Cache-Control: no-cache`) yet may refresh it.
-    pub fn start_private<F, Fut>(&self, key: CacheKey, store: Option<&ResponseCache>, start: F) -> Subscription
+    pub fn start_private<F, Fut>(
+        &self,
+        key: CacheKey,
+        store: Option<&ResponseCache>,
+        start: F,
+    ) -> Subscription
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<ResponseBody, BackendError>> + Send + 'static,
@@ -247,7 +263,13 @@ impl SingleFlight {
         let slot = flight.attach().unwrap_or(0);
         let subscription = Subscription {
             role: JoinRole::Leader,
-            source: Source::Flight { flight: Arc::clone(&flight), slot, pos: 0, ended: false, waiter: None },
+            source: Source::Flight {
+                flight: Arc::clone(&flight),
+                slot,
+                pos: 0,
+                ended: false,
+                waiter: None,
+            },
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {

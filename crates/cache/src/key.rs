@@ -263,7 +263,8 @@ fn hash_object<'de, A: MapAccess<'de>>(
     mut map: A,
     top_level: bool,
 ) -> Result<(), A::Error> {
-    let mut members: Vec<(Cow<'de, str>, [u8; 16])> = Vec::with_capacity(map.size_hint().unwrap_or(8));
+    let mut members: Vec<(Cow<'de, str>, [u8; 16])> =
+        Vec::with_capacity(map.size_hint().unwrap_or(8));
     while let Some(key) = map.next_key_seed(Key)? {
         if top_level && IGNORED_FIELDS.contains(&key.as_ref()) {
             map.next_value::<IgnoredAny>()?;
@@ -331,7 +332,10 @@ mod tests {
 
     #[test]
     fn order_whitespace_and_escapes_do_not_matter() {
-        let a = key("t", r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0}"#);
+        let a = key(
+            "t",
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0}"#,
+        );
         let b = key(
             "t",
             "{ \"temperature\" : 0,\n \"messages\":[ {\"content\":\"h\\u0069\", \"role\":\"user\"} ],\t\"model\":\"m\" }",
@@ -354,9 +358,12 @@ mod tests {
             assert_ne!(base.digest(), key("t", other).digest(), "{other}");
         }
         assert_ne!(base, key("u", r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#));
-        let completions =
-            CacheKey::compute("t", Endpoint::Completions, br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
-                .unwrap();
+        let completions = CacheKey::compute(
+            "t",
+            Endpoint::Completions,
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
         assert_ne!(base, completions);
     }
 
@@ -391,11 +398,22 @@ mod tests {
     #[test]
     fn context_is_order_insensitive_and_counts() {
         let body = br#"{"model":"m"}"#;
-        let a = CacheKey::compute_with("t", Endpoint::AnthropicMessages, &[("a", "1"), ("b", "2")], body)
-            .unwrap();
-        let b = CacheKey::compute_with("t", Endpoint::AnthropicMessages, &[("b", "2"), ("a", "1")], body)
-            .unwrap();
-        let c = CacheKey::compute_with("t", Endpoint::AnthropicMessages, &[("a", "1")], body).unwrap();
+        let a = CacheKey::compute_with(
+            "t",
+            Endpoint::AnthropicMessages,
+            &[("a", "1"), ("b", "2")],
+            body,
+        )
+        .unwrap();
+        let b = CacheKey::compute_with(
+            "t",
+            Endpoint::AnthropicMessages,
+            &[("b", "2"), ("a", "1")],
+            body,
+        )
+        .unwrap();
+        let c =
+            CacheKey::compute_with("t", Endpoint::AnthropicMessages, &[("a", "1")], body).unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -403,7 +421,10 @@ mod tests {
     #[test]
     fn rejects_non_objects_and_trailing_garbage() {
         for bad in ["[1]", "\"x\"", "{", "{} {}", ""] {
-            assert!(CacheKey::compute("t", Endpoint::ChatCompletions, bad.as_bytes()).is_err(), "{bad}");
+            assert!(
+                CacheKey::compute("t", Endpoint::ChatCompletions, bad.as_bytes()).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -116,7 +116,8 @@ impl<V: Clone> ByteLru<V> {
     pub(crate) fn new(name: &'static str, max_bytes: usize) -> Self {
         let count = (max_bytes / BYTES_PER_SHARD).clamp(8, 1024).next_power_of_two();
         let hasher = DigestState::random();
-        let shards = (0..count).map(|_| ArcSwap::from_pointee(HashMap::with_hasher(hasher))).collect();
+        let shards =
+            (0..count).map(|_| ArcSwap::from_pointee(HashMap::with_hasher(hasher))).collect();
         let stripes = (0..count).map(|_| Stripe::default()).collect();
         ByteLru {
             shards,
@@ -408,7 +409,10 @@ mod tests {
         assert_eq!(lru.get(&k(1)), None);
         assert_eq!(lru.stats().entries, 2, "expired entries hold their bytes until purged");
         assert_eq!(lru.purge_expired(), 1);
-        assert_eq!(lru.stats(), LruStats { hits: 1, misses: 1, evictions: 0, expirations: 1, bytes: 10, entries: 1 });
+        assert_eq!(
+            lru.stats(),
+            LruStats { hits: 1, misses: 1, evictions: 0, expirations: 1, bytes: 10, entries: 1 }
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -181,7 +181,9 @@ impl ModelCache {
                 _ => None,
             };
             let may_retry = !st.failed
-                || st.attempted_at.is_none_or(|at| now.duration_since(at) >= self.inner.retry_interval);
+                || st
+                    .attempted_at
+                    .is_none_or(|at| now.duration_since(at) >= self.inner.retry_interval);
             match usable {
                 Some((models, age)) => {
                     let stale = age >= self.inner.ttl;
@@ -190,7 +192,8 @@ impl ModelCache {
                         st.refreshing = true;
                         st.attempted_at = Some(now);
                     }
-                    let served = BackendModels { backend: backend.id().clone(), models, age, stale };
+                    let served =
+                        BackendModels { backend: backend.id().clone(), models, age, stale };
                     Step::Serve(served, refresh)
                 }
                 None if st.refreshing => Step::Wait(false),
@@ -225,11 +228,13 @@ impl ModelCache {
                 let st = entry.state.lock();
                 let (models, at) = (st.models.clone()?, st.fetched_at?);
                 let age = Instant::now().duration_since(at);
-                (age <= self.inner.ttl.saturating_add(self.inner.max_stale)).then(|| BackendModels {
-                    backend: backend.id().clone(),
-                    models,
-                    age,
-                    stale: age >= self.inner.ttl,
+                (age <= self.inner.ttl.saturating_add(self.inner.max_stale)).then(|| {
+                    BackendModels {
+                        backend: backend.id().clone(),
+                        models,
+                        age,
+                        stale: age >= self.inner.ttl,
+                    }
                 })
             }
         }

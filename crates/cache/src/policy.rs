@@ -40,7 +40,11 @@ pub struct CacheDecision {
 impl DedupPolicy {
     /// The policy `settings` describe.
     pub fn new(settings: &DedupSettings) -> Self {
-        DedupPolicy { enabled: settings.enabled, mode: settings.mode, models: settings.models.clone() }
+        DedupPolicy {
+            enabled: settings.enabled,
+            mode: settings.mode,
+            models: settings.models.clone(),
+        }
     }
 
     /// Whether identical concurrent requests like this one may share one answer: the
@@ -64,7 +68,10 @@ impl DedupPolicy {
 impl ResponseCachePolicy {
     /// The policy `settings` describe.
     pub fn new(settings: &ResponseCacheSettings) -> Self {
-        ResponseCachePolicy { enabled: settings.enabled, models: settings.models.iter().cloned().collect() }
+        ResponseCachePolicy {
+            enabled: settings.enabled,
+            models: settings.models.iter().cloned().collect(),
+        }
     }
 
     /// What the cache may do for this request. With the cache enabled, a request is
@@ -139,7 +146,11 @@ mod tests {
 
     #[test]
     fn response_cache_opt_in_and_cache_control() {
-        let mut settings = ResponseCacheSettings { enabled: true, models: vec!["listed".into()], ..Default::default() };
+        let mut settings = ResponseCacheSettings {
+            enabled: true,
+            models: vec!["listed".into()],
+            ..Default::default()
+        };
         let policy = ResponseCachePolicy::new(&settings);
         let none = HeaderMap::new();
         let both = CacheDecision { lookup: true, store: true };
@@ -164,8 +175,14 @@ mod tests {
         assert_eq!(policy.decide(&meta("listed", None, None), &no_store), CacheDecision::default());
 
         settings.models.clear();
-        assert_eq!(ResponseCachePolicy::new(&settings).decide(&meta("any", None, None), &none), both);
+        assert_eq!(
+            ResponseCachePolicy::new(&settings).decide(&meta("any", None, None), &none),
+            both
+        );
         settings.enabled = false;
-        assert_eq!(ResponseCachePolicy::new(&settings).decide(&meta("any", None, None), &on), CacheDecision::default());
+        assert_eq!(
+            ResponseCachePolicy::new(&settings).decide(&meta("any", None, None), &on),
+            CacheDecision::default()
+        );
     }
 }

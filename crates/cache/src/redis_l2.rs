@@ -114,7 +114,13 @@ impl RedisL2 {
     }
 
     /// Store `value` under `cache`/`key` for `ttl`; failures are counted and dropped.
-    pub(crate) async fn set(&self, cache: &'static str, key: &CacheKey, value: Vec<u8>, ttl: Duration) {
+    pub(crate) async fn set(
+        &self,
+        cache: &'static str,
+        key: &CacheKey,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) {
         let Some(conn) = self.inner.conn.get() else {
             self.inner.error(cache, "set");
             return;
@@ -172,9 +178,11 @@ async fn connect(inner: Weak<L2Inner>, client: redis::Client, timeout: Duration)
             .set_response_timeout(timeout.max(Duration::from_millis(1)))
             .set_number_of_retries(1)
             .set_max_delay(1000);
-        let attempt =
-            tokio::time::timeout(CONNECT_TIMEOUT * 2, ConnectionManager::new_with_config(client.clone(), config))
-                .await;
+        let attempt = tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await;
         let Some(handle) = inner.upgrade() else { return };
         match attempt {
             Ok(Ok(conn)) => {

@@ -224,7 +224,13 @@ impl<'a> Reader<'a> {
 impl StreamRecorder {
     /// A recorder that gives up (stores nothing) past `limit` body bytes.
     pub fn new(limit: usize) -> Self {
-        StreamRecorder { chunks: Vec::new(), bytes: 0, limit, overflowed: false, boundary: SseBoundary::new() }
+        StreamRecorder {
+            chunks: Vec::new(),
+            bytes: 0,
+            limit,
+            overflowed: false,
+            boundary: SseBoundary::new(),
+        }
     }
 
     /// Record the next chunk as it is relayed.
@@ -368,7 +374,13 @@ impl ResponseCache {
         Some(found)
     }
 
-    fn insert_for(&self, key: CacheKey, response: CachedResponse, ttl: Duration, to_redis: bool) -> bool {
+    fn insert_for(
+        &self,
+        key: CacheKey,
+        response: CachedResponse,
+        ttl: Duration,
+        to_redis: bool,
+    ) -> bool {
         let weight = response.weight(&key);
         let redis = if to_redis { self.inner.l2.clone() } else { None };
         let value = redis.as_ref().map(|_| response.encode(&key));

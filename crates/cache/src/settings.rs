@@ -254,7 +254,8 @@ mod tests {
         assert_eq!(s.redis.timeout, Duration::from_millis(20));
         assert_eq!(s.redis.key_prefix, "switchyard:");
         // And it round-trips.
-        let back: CacheSettings = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        let back: CacheSettings =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }
 
@@ -272,9 +273,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `size`"), "{err}");
-        let err = serde_json::from_str::<CacheSettings>(r#"{"deduplication": {"mode": "sometimes"}}"#)
-            .unwrap_err()
-            .to_string();
+        let err =
+            serde_json::from_str::<CacheSettings>(r#"{"deduplication": {"mode": "sometimes"}}"#)
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("unknown variant"), "{err}");
     }
 }

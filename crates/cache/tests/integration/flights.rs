@@ -8,10 +8,11 @@ use bytes::Bytes;
 use switchyard_cache::{BodyKind, CacheKey, JoinRole, ResponseCache, SingleFlight, Subscription};
 use switchyard_core::{BackendError, Endpoint, ErrorCode, ResponseBody};
 
-use crate::util::{sse_chunks, slow_stream};
+use crate::util::{slow_stream, sse_chunks};
 
 fn key(tenant: &str) -> CacheKey {
-    CacheKey::compute(tenant, Endpoint::ChatCompletions, br#"{"model":"m","temperature":0}"#).unwrap()
+    CacheKey::compute(tenant, Endpoint::ChatCompletions, br#"{"model":"m","temperature":0}"#)
+        .unwrap()
 }
 
 fn store(ttl: Duration) -> ResponseCache {
@@ -59,7 +60,10 @@ async fn a_thousand_identical_requests_make_one_upstream_call() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1, "exactly one upstream call");
     assert_eq!(leaders, 1);
-    assert!(bodies.iter().all(|b| b == &bodies[0] && b.as_ptr() == bodies[0].as_ptr()), "byte-identical, same buffer");
+    assert!(
+        bodies.iter().all(|b| b == &bodies[0] && b.as_ptr() == bodies[0].as_ptr()),
+        "byte-identical, same buffer"
+    );
     assert_eq!(&bodies[0][..], b"{\"answer\":42}");
     assert_eq!(flights.in_flight(), 0);
 }
@@ -128,8 +132,13 @@ async fn the_leader_leaving_after_100ms_does_not_fail_followers() {
     let start = {
         let (dropped, expected) = (Arc::clone(&dropped), expected.clone());
         move || {
-            let stream =
-                slow_stream(expected, Duration::from_millis(10), false, dropped, Arc::new(AtomicUsize::new(0)));
+            let stream = slow_stream(
+                expected,
+                Duration::from_millis(10),
+                false,
+                dropped,
+                Arc::new(AtomicUsize::new(0)),
+            );
             async move { Ok(ResponseBody::Stream(stream)) }
         }
     };
@@ -160,7 +169,8 @@ async fn when_every_client_leaves_the_upstream_call_is_dropped() {
     let start = {
         let (dropped, produced) = (Arc::clone(&dropped), Arc::clone(&produced));
         move || {
-            let stream = slow_stream(sse_chunks(100), Duration::from_millis(10), false, dropped, produced);
+            let stream =
+                slow_stream(sse_chunks(100), Duration::from_millis(10), false, dropped, produced);
             async move { Ok(ResponseBody::Stream(stream)) }
         }
     };
@@ -203,7 +213,8 @@ async fn failures_reach_every_follower_and_are_not_stored() {
             async move { Ok(ResponseBody::Stream(stream)) }
         }
     };
-    let subs: Vec<_> = (0..10).map(|_| flights.join(key("t"), Some(&store), start.clone())).collect();
+    let subs: Vec<_> =
+        (0..10).map(|_| flights.join(key("t"), Some(&store), start.clone())).collect();
     for sub in subs {
         let (received, error) = chunks(sub).await.unwrap_err();
         assert_eq!(received, sse_chunks(3), "the chunks before the failure");
@@ -236,7 +247,10 @@ async fn an_error_before_any_body_is_shared_then_forgotten() {
     let mut a = flights.join(key("t"), None, start.clone());
     let b = flights.join(key("t"), None, start.clone());
     let error = a.ready().await.unwrap_err();
-    assert_eq!((error.code, error.retry_after), (ErrorCode::UpstreamTimeout, Some(Duration::from_secs(3))));
+    assert_eq!(
+        (error.code, error.retry_after),
+        (ErrorCode::UpstreamTimeout, Some(Duration::from_secs(3)))
+    );
     assert_eq!(b.into_body().await.unwrap_err().code, ErrorCode::UpstreamTimeout);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let c = flights.join(key("t"), None, start);
@@ -265,10 +279,17 @@ async fn streams_past_the_flight_bound_are_paced_not_buffered_and_not_shared() {
     let calls = Arc::new(AtomicUsize::new(0));
     let expected = sse_chunks(200);
     let start = {
-        let (produced, calls, expected) = (Arc::clone(&produced), Arc::clone(&calls), expected.clone());
+        let (produced, calls, expected) =
+            (Arc::clone(&produced), Arc::clone(&calls), expected.clone());
         move || {
             calls.fetch_add(1, Ordering::SeqCst);
-            let stream = slow_stream(expected, Duration::from_millis(1), false, Arc::new(AtomicBool::new(false)), produced);
+            let stream = slow_stream(
+                expected,
+                Duration::from_millis(1),
+                false,
+                Arc::new(AtomicBool::new(false)),
+                produced,
+            );
             async move { Ok(ResponseBody::Stream(stream)) }
         }
     };
@@ -303,7 +324,8 @@ async fn private_flights_are_not_joined_and_skip_the_store_but_refresh_it() {
         Ok(ResponseBody::Full(Bytes::from_static(b"new")))
     });
     assert_eq!(fresh.role(), JoinRole::Leader);
-    let joined = flights.join(key("t"), Some(&store), || async { unreachable!("served from the store") });
+    let joined =
+        flights.join(key("t"), Some(&store), || async { unreachable!("served from the store") });
     assert_eq!(joined.role(), JoinRole::Cached);
     assert_eq!(&joined.collect().await.unwrap()[..], b"old");
     assert_eq!(&fresh.collect().await.unwrap()[..], b"new");

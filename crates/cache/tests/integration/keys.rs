@@ -87,11 +87,11 @@ fn write_shuffled(value: &Value, seed: &mut u64, out: &mut String) {
             }
             out.push(']');
         }
-        Value::String(s) if next(seed) % 2 == 0 => {
+        Value::String(s) if next(seed).is_multiple_of(2) => {
             // Escape every non-ASCII and some ASCII characters as \uXXXX.
             out.push('"');
             for c in s.chars() {
-                if c.is_ascii_alphanumeric() && next(seed) % 2 == 0 {
+                if c.is_ascii_alphanumeric() && next(seed).is_multiple_of(2) {
                     out.push(c);
                 } else {
                     let mut buf = [0u16; 2];

@@ -20,7 +20,13 @@ struct FakeBackend {
 
 impl FakeBackend {
     fn new(name: &str, models: Vec<&'static str>, delay: Duration) -> Arc<Self> {
-        Arc::new(FakeBackend { id: BackendId::new(name), models, down: AtomicBool::new(false), delay, calls: AtomicUsize::new(0) })
+        Arc::new(FakeBackend {
+            id: BackendId::new(name),
+            models,
+            down: AtomicBool::new(false),
+            delay,
+            calls: AtomicUsize::new(0),
+        })
     }
 }
 
@@ -29,7 +35,10 @@ impl Backend for FakeBackend {
         &self.id
     }
 
-    fn send(&self, _request: BackendRequest) -> BoxFuture<'_, Result<BackendResponse, BackendError>> {
+    fn send(
+        &self,
+        _request: BackendRequest,
+    ) -> BoxFuture<'_, Result<BackendResponse, BackendError>> {
         Box::pin(async { Err(BackendError::new(ErrorCode::Unsupported, "not in this test")) })
     }
 
@@ -38,7 +47,10 @@ impl Backend for FakeBackend {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
             if self.down.load(Ordering::SeqCst) {
-                return Err(BackendError::new(ErrorCode::UpstreamUnavailable, "connection refused"));
+                return Err(BackendError::new(
+                    ErrorCode::UpstreamUnavailable,
+                    "connection refused",
+                ));
             }
             Ok(self.models.iter().map(|id| Model::new(*id, self.id.as_str())).collect())
         })
@@ -129,7 +141,10 @@ async fn a_down_backend_keeps_its_last_good_list_until_max_stale() {
 async fn hit_rate_over_an_hour_of_traffic_is_far_above_eighty_percent() {
     let cache = ModelCache::new(&settings());
     let backends: Vec<Arc<dyn Backend>> = (0..3)
-        .map(|i| FakeBackend::new(&format!("b{i}"), vec!["m"], Duration::from_millis(20)) as Arc<dyn Backend>)
+        .map(|i| {
+            FakeBackend::new(&format!("b{i}"), vec!["m"], Duration::from_millis(20))
+                as Arc<dyn Backend>
+        })
         .collect();
     // One /v1/models request every 2 s for an hour.
     for _ in 0..1800 {

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchyard_cache::{CacheKey, CachedResponse, JoinRole, RedisL2, RedisSettings, ResponseCache, SingleFlight};
+use switchyard_cache::{
+    CacheKey, CachedResponse, JoinRole, RedisL2, RedisSettings, ResponseCache, SingleFlight,
+};
 use switchyard_core::{Endpoint, ResponseBody};
 
 struct RedisServer {
@@ -22,7 +24,9 @@ impl RedisServer {
     /// Start `redis-server`, or `None` when skipping is allowed and it is missing.
     fn start(port: Option<u16>) -> Option<RedisServer> {
         let found = std::env::var_os("PATH")
-            .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join("redis-server").is_file()))
+            .map(|paths| {
+                std::env::split_paths(&paths).any(|dir| dir.join("redis-server").is_file())
+            })
             .unwrap_or(false);
         if !found {
             if std::env::var("SWITCHYARD_SKIP_REDIS").as_deref() == Ok("1") {
@@ -38,15 +42,27 @@ impl RedisServer {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
         });
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
+        let server = RedisServer {
+            child: Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server"),
+            port,
+        };
         for _ in 0..100 {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(RedisServer { child, port });
+                return Some(server);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -85,7 +101,9 @@ async fn connected(settings: &RedisSettings) -> RedisL2 {
 }
 
 fn key(tenant: &str, n: usize) -> CacheKey {
-    let body = format!(r#"{{"model":"m","temperature":0,"messages":[{{"role":"user","content":"q{n}"}}]}}"#);
+    let body = format!(
+        r#"{{"model":"m","temperature":0,"messages":[{{"role":"user","content":"q{n}"}}]}}"#
+    );
     CacheKey::compute(tenant, Endpoint::ChatCompletions, body.as_bytes()).unwrap()
 }
 
@@ -105,8 +123,18 @@ async fn two_router_instances_share_cached_answers() {
     let Some(server) = RedisServer::start(None) else { return };
     let settings = server.settings();
     // Two "routers": separate memory tiers, one Redis.
-    let a = ResponseCache::new("responses", 1 << 20, Duration::from_secs(60), Some(connected(&settings).await));
-    let b = ResponseCache::new("responses", 1 << 20, Duration::from_secs(60), Some(connected(&settings).await));
+    let a = ResponseCache::new(
+        "responses",
+        1 << 20,
+        Duration::from_secs(60),
+        Some(connected(&settings).await),
+    );
+    let b = ResponseCache::new(
+        "responses",
+        1 << 20,
+        Duration::from_secs(60),
+        Some(connected(&settings).await),
+    );
 
     let answer = CachedResponse::full(Bytes::from_static(br#"{"answer":"shared"}"#));
     assert!(a.insert(key("t", 1), answer.clone()));
@@ -166,7 +194,12 @@ async fn stopping_redis_mid_run_fails_no_request() {
 
     // Redis back on the same port: sharing resumes without a restart of the router.
     let restarted = RedisServer::start(Some(server.port)).unwrap();
-    let other = ResponseCache::new("responses", 1 << 20, Duration::from_secs(60), Some(connected(&restarted.settings()).await));
+    let other = ResponseCache::new(
+        "responses",
+        1 << 20,
+        Duration::from_secs(60),
+        Some(connected(&restarted.settings()).await),
+    );
     let mut shared = false;
     for n in 100..200 {
         cache.insert(key("t", n), CachedResponse::full(Bytes::from_static(b"again")));

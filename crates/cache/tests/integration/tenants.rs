@@ -9,7 +9,8 @@ use http::{HeaderMap, HeaderValue};
 use switchyard_cache::{CacheSettings, Caches, JoinRole, Plan, Subscription};
 use switchyard_core::{Endpoint, RequestMeta, ResponseBody};
 
-const BODY: &[u8] = br#"{"model":"m","temperature":0.7,"messages":[{"role":"user","content":"hi"}]}"#;
+const BODY: &[u8] =
+    br#"{"model":"m","temperature":0.7,"messages":[{"role":"user","content":"hi"}]}"#;
 
 fn caches() -> Caches {
     let mut settings = CacheSettings::default();
@@ -18,9 +19,15 @@ fn caches() -> Caches {
 }
 
 /// Serve `BODY` for `tenant` through the caches; the upstream answers with its tenant.
-fn serve(caches: &Caches, tenant: &'static str, headers: &HeaderMap, calls: &Arc<AtomicUsize>) -> Subscription {
+fn serve(
+    caches: &Caches,
+    tenant: &'static str,
+    headers: &HeaderMap,
+    calls: &Arc<AtomicUsize>,
+) -> Subscription {
     let meta = RequestMeta::parse(Endpoint::ChatCompletions, BODY).unwrap();
-    let Plan::Share(plan) = caches.plan(tenant, Endpoint::ChatCompletions, &meta, headers, BODY) else {
+    let Plan::Share(plan) = caches.plan(tenant, Endpoint::ChatCompletions, &meta, headers, BODY)
+    else {
         panic!("the response cache applies to every model by default once enabled");
     };
     let calls = Arc::clone(calls);
@@ -36,12 +43,14 @@ async fn tenant_a_answer_is_never_served_to_tenant_b() {
     let calls = Arc::new(AtomicUsize::new(0));
     let none = HeaderMap::new();
     // Concurrent: A and B do not share a flight.
-    let (a, b) = (serve(&caches, "tenant-a", &none, &calls), serve(&caches, "tenant-b", &none, &calls));
+    let (a, b) =
+        (serve(&caches, "tenant-a", &none, &calls), serve(&caches, "tenant-b", &none, &calls));
     assert_eq!((a.role(), b.role()), (JoinRole::Leader, JoinRole::Leader));
     assert_eq!(&a.collect().await.unwrap()[..], b"answer for tenant-a");
     assert_eq!(&b.collect().await.unwrap()[..], b"answer for tenant-b");
     // Stored: each gets their own.
-    let (a, b) = (serve(&caches, "tenant-a", &none, &calls), serve(&caches, "tenant-b", &none, &calls));
+    let (a, b) =
+        (serve(&caches, "tenant-a", &none, &calls), serve(&caches, "tenant-b", &none, &calls));
     assert_eq!((a.role(), b.role()), (JoinRole::Cached, JoinRole::Cached));
     assert_eq!(&a.collect().await.unwrap()[..], b"answer for tenant-a");
     assert_eq!(&b.collect().await.unwrap()[..], b"answer for tenant-b");
@@ -72,10 +81,16 @@ async fn plan_bypasses_when_nothing_applies() {
     let caches = Caches::new(&CacheSettings::default()).unwrap();
     let none = HeaderMap::new();
     let sampled = RequestMeta::parse(Endpoint::ChatCompletions, BODY).unwrap();
-    assert!(matches!(caches.plan("t", Endpoint::ChatCompletions, &sampled, &none, BODY), Plan::Bypass));
-    let greedy_body = br#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#;
+    assert!(matches!(
+        caches.plan("t", Endpoint::ChatCompletions, &sampled, &none, BODY),
+        Plan::Bypass
+    ));
+    let greedy_body =
+        br#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#;
     let greedy = RequestMeta::parse(Endpoint::ChatCompletions, greedy_body).unwrap();
-    let Plan::Share(plan) = caches.plan("t", Endpoint::ChatCompletions, &greedy, &none, greedy_body) else {
+    let Plan::Share(plan) =
+        caches.plan("t", Endpoint::ChatCompletions, &greedy, &none, greedy_body)
+    else {
         panic!("greedy requests are de-duplicated by default");
     };
     assert!(plan.lookup());
@@ -83,5 +98,8 @@ async fn plan_bypasses_when_nothing_applies() {
     assert_eq!(plan.store().map(|s| s.ttl()), Some(Duration::from_secs(60)));
     let mut no_store = HeaderMap::new();
     no_store.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    assert!(matches!(caches.plan("t", Endpoint::ChatCompletions, &greedy, &no_store, greedy_body), Plan::Bypass));
+    assert!(matches!(
+        caches.plan("t", Endpoint::ChatCompletions, &greedy, &no_store, greedy_body),
+        Plan::Bypass
+    ));
 }
