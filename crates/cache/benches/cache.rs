@@ -58,6 +58,9 @@ fn bench_key(c: &mut Criterion) {
         ("long_32KB", chat_body(2000, 16)),
     ] {
         group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::new("parse_only_baseline", name), &body, |b, body| {
+            b.iter(|| serde_json::from_slice::<serde::de::IgnoredAny>(black_box(body)).unwrap())
+        });
         group.bench_with_input(BenchmarkId::new("compute", name), &body, |b, body| {
             b.iter(|| {
                 CacheKey::compute("tenant", Endpoint::ChatCompletions, black_box(body)).unwrap()

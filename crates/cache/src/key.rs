@@ -1,9 +1,9 @@
 //! The canonical request key: `(tenant, endpoint, JSON body)` to a 16-byte digest that
 //! is equal for semantically equal requests and stable across processes and versions.
 //!
-//! The body is hashed while it is parsed, without building a `serde_json::Value`: object
-//! members are hashed one by one and combined in key order, so member order and
-//! whitespace never matter; arrays keep their order; strings are hashed after JSON
+//! The body is written in a canonical binary form while it is parsed (no
+//! `serde_json::Value` is built) and that is hashed in one pass: object members are
+//! put in key order, so member order and whitespace never matter; arrays keep their order; strings are hashed after JSON
 //! unescaping (`"\u0041"` equals `"A"`); integers and floats stay distinct (`1` is not
 //! `1.0`: a strict upstream may accept one and reject the other), and `-0.0` equals
 //! `0.0`. Top-level fields listed in [`IGNORED_FIELDS`] are left out; everything else,
@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::ops::Range;
 use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -91,9 +92,11 @@ impl CacheKey {
             h.write_prefixed(name.as_bytes());
             h.write_prefixed(value.as_bytes());
         }
+        let mut canonical = Vec::with_capacity(body.len() + 64);
         let mut de = serde_json::Deserializer::from_slice(body);
-        TopLevel { h: &mut h }.deserialize(&mut de).map_err(Error::InvalidBody)?;
+        TopLevel { out: &mut canonical }.deserialize(&mut de).map_err(Error::InvalidBody)?;
         de.end().map_err(Error::InvalidBody)?;
+        h.write(&canonical);
         Ok(CacheKey { digest: h.finish(), tenant: Arc::from(tenant) })
     }
 
@@ -161,17 +164,21 @@ impl fmt::Debug for CacheKey {
 }
 
 /// The top level: a JSON object whose [`IGNORED_FIELDS`] are skipped.
-struct TopLevel<'h> {
-    h: &'h mut Sip128,
+struct TopLevel<'b> {
+    out: &'b mut Vec<u8>,
 }
 
-/// Any JSON value, hashed into `h`.
-struct Value<'h> {
-    h: &'h mut Sip128,
+/// Any JSON value, appended to `out` in canonical form.
+struct Value<'b> {
+    out: &'b mut Vec<u8>,
 }
 
 /// An object key, borrowed from the input when it has no escapes.
 struct Key;
+
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    out.extend_from_slice(&(len as u64).to_le_bytes());
+}
 
 impl<'de> DeserializeSeed<'de> for TopLevel<'_> {
     type Value = ();
@@ -189,7 +196,7 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        hash_object(self.h, map, true)
+        canonical_object(self.out, map, true)
     }
 }
 
@@ -209,70 +216,75 @@ impl<'de> Visitor<'de> for Value<'_> {
     }
 
     fn visit_unit<E>(self) -> Result<(), E> {
-        self.h.write_u8(T_NULL);
+        self.out.push(T_NULL);
         Ok(())
     }
 
     fn visit_bool<E>(self, v: bool) -> Result<(), E> {
-        self.h.write_u8(if v { T_TRUE } else { T_FALSE });
+        self.out.push(if v { T_TRUE } else { T_FALSE });
         Ok(())
     }
 
     fn visit_i64<E>(self, v: i64) -> Result<(), E> {
-        self.h.write_u8(T_INT);
-        self.h.write(&i128::from(v).to_le_bytes());
+        self.out.push(T_INT);
+        self.out.extend_from_slice(&i128::from(v).to_le_bytes());
         Ok(())
     }
 
     fn visit_u64<E>(self, v: u64) -> Result<(), E> {
-        self.h.write_u8(T_INT);
-        self.h.write(&i128::from(v).to_le_bytes());
+        self.out.push(T_INT);
+        self.out.extend_from_slice(&i128::from(v).to_le_bytes());
         Ok(())
     }
 
     fn visit_f64<E>(self, v: f64) -> Result<(), E> {
         // -0.0 == 0.0 for every sampler; JSON has no NaN or infinity.
         let v = if v == 0.0 { 0.0 } else { v };
-        self.h.write_u8(T_FLOAT);
-        self.h.write_u64(v.to_bits());
+        self.out.push(T_FLOAT);
+        self.out.extend_from_slice(&v.to_bits().to_le_bytes());
         Ok(())
     }
 
     fn visit_str<E>(self, v: &str) -> Result<(), E> {
-        self.h.write_u8(T_STR);
-        self.h.write_prefixed(v.as_bytes());
+        self.out.push(T_STR);
+        put_len(self.out, v.len());
+        self.out.extend_from_slice(v.as_bytes());
         Ok(())
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        self.h.write_u8(T_ARRAY);
-        while seq.next_element_seed(Value { h: &mut *self.h })?.is_some() {}
-        self.h.write_u8(T_ARRAY_END);
+        self.out.push(T_ARRAY);
+        while seq.next_element_seed(Value { out: &mut *self.out })?.is_some() {}
+        self.out.push(T_ARRAY_END);
         Ok(())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        hash_object(self.h, map, false)
+        canonical_object(self.out, map, false)
     }
 }
 
-/// Hash each member's value on its own, then feed `(key, member digest)` pairs to `h`
-/// in key order. A repeated key keeps its last value, as JSON parsers upstream do.
-fn hash_object<'de, A: MapAccess<'de>>(
-    h: &mut Sip128,
+/// Append an object with its members in key order: each member value is written as
+/// it is parsed, then the members are reordered. A repeated key keeps its last value,
+/// as JSON parsers upstream do.
+///
+/// Every encoding is self-delimiting (tags, length prefixes, an array end marker, a
+/// member count), so distinct canonical values never share an encoding.
+fn canonical_object<'de, A: MapAccess<'de>>(
+    out: &mut Vec<u8>,
     mut map: A,
     top_level: bool,
 ) -> Result<(), A::Error> {
-    let mut members: Vec<(Cow<'de, str>, [u8; 16])> =
-        Vec::with_capacity(map.size_hint().unwrap_or(8));
+    let start = out.len();
+    let mut members: Vec<(Cow<'de, str>, Range<usize>)> = Vec::new();
     while let Some(key) = map.next_key_seed(Key)? {
         if top_level && IGNORED_FIELDS.contains(&key.as_ref()) {
             map.next_value::<IgnoredAny>()?;
             continue;
         }
-        let mut member = Sip128::new(KEY_K0, KEY_K1);
-        map.next_value_seed(Value { h: &mut member })?;
-        members.push((key, member.finish()));
+        let from = out.len() - start;
+        map.next_value_seed(Value { out: &mut *out })?;
+        members.push((key, from..out.len() - start));
     }
     // Stable sort: among repeated keys the last one written stays last.
     members.sort_by(|a, b| a.0.cmp(&b.0));
@@ -285,11 +297,13 @@ fn hash_object<'de, A: MapAccess<'de>>(
         kept += 1;
     }
     members.truncate(kept);
-    h.write_u8(T_OBJECT);
-    h.write_u64(members.len() as u64);
-    for (key, digest) in &members {
-        h.write_prefixed(key.as_bytes());
-        h.write(digest);
+    let values = out.split_off(start);
+    out.push(T_OBJECT);
+    put_len(out, members.len());
+    for (key, range) in &members {
+        put_len(out, key.len());
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(&values[range.clone()]);
     }
     Ok(())
 }
@@ -437,7 +451,7 @@ mod tests {
         assert_eq!(format!("{k:?}"), format!("CacheKey({PINNED})"));
     }
 
-    const PINNED: &str = "90cbe284d829e54b0d20791a3fc8a0ab";
+    const PINNED: &str = "3e9e7376a38d5a657d108edb59442727";
 
     #[test]
     fn same_digest_other_tenant_is_a_different_key() {
