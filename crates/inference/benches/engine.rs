@@ -37,7 +37,8 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn main() {
-    let model = std::env::var_os("SWITCHYARD_BENCH_MODEL").map_or_else(default_model_path, Into::into);
+    let model =
+        std::env::var_os("SWITCHYARD_BENCH_MODEL").map_or_else(default_model_path, Into::into);
     if !model.exists() {
         println!("note: {} is absent; run scripts/fetch-model.sh to benchmark", model.display());
         return;
@@ -86,7 +87,8 @@ fn main() {
         #[allow(clippy::cast_precision_loss)]
         let prefill = prompt_len as f64 / finished.time_to_first_token.as_secs_f64();
         #[allow(clippy::cast_precision_loss)]
-        let decode = (finished.usage.completion_tokens - 1) as f64 / finished.decode_time.as_secs_f64();
+        let decode =
+            (finished.usage.completion_tokens - 1) as f64 / finished.decode_time.as_secs_f64();
         println!(
             "RESULT engine=switchyard threads={t} load_ms={load_ms:.1} prefill_tps={prefill:.1} decode_tps={decode:.1} rss_mb={:.1}",
             peak_rss_mb()

@@ -3,6 +3,7 @@
 //!
 //! With no arguments it uses the default model (fetch it with `scripts/fetch-model.sh`)
 //! and asks it for the capital of France.
+#![allow(clippy::print_stderr)] // reason: a command-line program reports on stderr
 
 use std::io::Write;
 

@@ -19,7 +19,9 @@ use switchyard_core::{
     ErrorCode, sse,
 };
 
-use crate::engine::{ChatTurn, Engine, Event, FinishReason, GenerateRequest, Generation, Input, TokenUsage};
+use crate::engine::{
+    ChatTurn, Engine, Event, FinishReason, GenerateRequest, Generation, Input, TokenUsage,
+};
 use crate::error::{Error, Result};
 use crate::sampling::SamplingParams;
 use crate::settings::InferenceSettings;
@@ -90,10 +92,17 @@ impl LocalBackend {
     fn prepare(&self, endpoint: Endpoint, body: &[u8]) -> Result<Prepared> {
         match endpoint {
             Endpoint::ChatCompletions => {
-                let req: ChatCompletionRequest = serde_json::from_slice(body)
-                    .map_err(|e| Error::InvalidRequest(format!("invalid chat completion request: {e}")))?;
+                let req: ChatCompletionRequest = serde_json::from_slice(body).map_err(|e| {
+                    Error::InvalidRequest(format!("invalid chat completion request: {e}"))
+                })?;
                 check_n(req.n)?;
-                let sampling = sampling(req.temperature, req.top_p, req.top_k, req.repetition_penalty, req.seed)?;
+                let sampling = sampling(
+                    req.temperature,
+                    req.top_p,
+                    req.top_k,
+                    req.repetition_penalty,
+                    req.seed,
+                )?;
                 let request = GenerateRequest {
                     input: Input::Chat(chat_turns(&req)?),
                     max_tokens: max_tokens(req.max_output_tokens())?,
@@ -105,15 +114,22 @@ impl LocalBackend {
                     kind: Kind::Chat,
                     request,
                     stream: req.stream.unwrap_or(false),
-                    include_usage: req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
+                    include_usage: req
+                        .stream_options
+                        .as_ref()
+                        .and_then(|o| o.include_usage)
+                        .unwrap_or(false),
                 })
             }
             Endpoint::Completions => {
-                let req: CompletionRequest = serde_json::from_slice(body)
-                    .map_err(|e| Error::InvalidRequest(format!("invalid completion request: {e}")))?;
+                let req: CompletionRequest = serde_json::from_slice(body).map_err(|e| {
+                    Error::InvalidRequest(format!("invalid completion request: {e}"))
+                })?;
                 check_n(req.n)?;
                 if req.echo == Some(true) {
-                    return Err(Error::InvalidRequest("`echo` is not supported by the local model".into()));
+                    return Err(Error::InvalidRequest(
+                        "`echo` is not supported by the local model".into(),
+                    ));
                 }
                 let input = match req.prompt {
                     Prompt::Text(t) => Input::Text(t),
@@ -126,7 +142,13 @@ impl LocalBackend {
                         ));
                     }
                 };
-                let sampling = sampling(req.temperature, req.top_p, req.top_k, req.repetition_penalty, req.seed)?;
+                let sampling = sampling(
+                    req.temperature,
+                    req.top_p,
+                    req.top_k,
+                    req.repetition_penalty,
+                    req.seed,
+                )?;
                 let request = GenerateRequest {
                     input,
                     max_tokens: max_tokens(req.max_tokens)?,
@@ -138,7 +160,11 @@ impl LocalBackend {
                     kind: Kind::Completion,
                     request,
                     stream: req.stream.unwrap_or(false),
-                    include_usage: req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
+                    include_usage: req
+                        .stream_options
+                        .as_ref()
+                        .and_then(|o| o.include_usage)
+                        .unwrap_or(false),
                 })
             }
             other => Err(Error::Unsupported(format!("the {} endpoint", other.as_str()))),
@@ -169,7 +195,11 @@ impl LocalBackend {
                 ended: false,
             };
             if prepared.kind == Kind::Chat {
-                let first = Delta { role: Some(Role::Assistant), content: Some(String::new()), ..Delta::default() };
+                let first = Delta {
+                    role: Some(Role::Assistant),
+                    content: Some(String::new()),
+                    ..Delta::default()
+                };
                 let chunk = stream.chat_chunk(first, None);
                 stream.queue.push_back(chunk);
             }
@@ -237,7 +267,10 @@ impl Backend for LocalBackend {
         &self.id
     }
 
-    fn send(&self, request: BackendRequest) -> BoxFuture<'_, std::result::Result<BackendResponse, BackendError>> {
+    fn send(
+        &self,
+        request: BackendRequest,
+    ) -> BoxFuture<'_, std::result::Result<BackendResponse, BackendError>> {
         Box::pin(async move { self.respond(request).await.map_err(BackendError::from) })
     }
 
@@ -372,7 +405,9 @@ impl Stream for ChunkStream {
 fn encode<T: serde::Serialize>(value: &T) -> Bytes {
     match serde_json::to_vec(value) {
         Ok(json) => sse::data_event(&json),
-        Err(_) => sse::data_event(br#"{"error":{"message":"serialisation failed","type":"server_error"}}"#),
+        Err(_) => sse::data_event(
+            br#"{"error":{"message":"serialisation failed","type":"server_error"}}"#,
+        ),
     }
 }
 
@@ -400,7 +435,9 @@ fn chat_turns(req: &ChatCompletionRequest) -> Result<Vec<ChatTurn>> {
 fn check_n(n: Option<u32>) -> Result<()> {
     match n {
         None | Some(1) => Ok(()),
-        Some(n) => Err(Error::InvalidRequest(format!("`n` is {n}; the local model generates one choice"))),
+        Some(n) => {
+            Err(Error::InvalidRequest(format!("`n` is {n}; the local model generates one choice")))
+        }
     }
 }
 
@@ -422,7 +459,9 @@ fn sampling(
     let mut p = SamplingParams::default();
     if let Some(t) = temperature {
         if !(0.0..=2.0).contains(&t) {
-            return Err(Error::InvalidRequest(format!("`temperature` is {t}; it must be between 0 and 2")));
+            return Err(Error::InvalidRequest(format!(
+                "`temperature` is {t}; it must be between 0 and 2"
+            )));
         }
         p.temperature = t as f32;
     }
@@ -437,7 +476,9 @@ fn sampling(
     }
     if let Some(r) = repetition_penalty {
         if !(r > 0.0 && r <= 10.0) {
-            return Err(Error::InvalidRequest(format!("`repetition_penalty` is {r}; it must be in (0, 10]")));
+            return Err(Error::InvalidRequest(format!(
+                "`repetition_penalty` is {r}; it must be in (0, 10]"
+            )));
         }
         p.repetition_penalty = r as f32;
     }

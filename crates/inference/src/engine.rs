@@ -194,7 +194,10 @@ struct Shared {
 }
 
 enum Command {
-    Generate { request: GenerateRequest, events: mpsc::UnboundedSender<Event> },
+    Generate {
+        request: GenerateRequest,
+        events: mpsc::UnboundedSender<Event>,
+    },
     /// Sent by [`Engine::is_running`] to see whether the thread still receives.
     Probe,
 }
@@ -216,7 +219,10 @@ struct Sequence {
 
 enum Step {
     Continue,
+    /// Ended without a result to report (cancelled, or an error already sent).
     Finished,
+    /// Ended normally; the scheduler frees the slot, then sends this.
+    Done(Finished),
 }
 
 impl Engine {
@@ -236,8 +242,19 @@ impl Engine {
             .map_err(|e| Error::Internal(format!("cannot start the compute pool: {e}")))?;
         let file = GgufFile::open(&path)?;
         let options = LoadOptions { requantize: settings.requantize };
-        let model = pool.install(|| Model::load(&file, options))?;
+        // Loading (requantisation) may use every core: it happens once, before serving.
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let model = if cores > threads {
+            rayon::ThreadPoolBuilder::new().num_threads(cores).build().map_or_else(
+                |_| pool.install(|| Model::load(&file, options)),
+                |p| p.install(|| Model::load(&file, options)),
+            )?
+        } else {
+            pool.install(|| Model::load(&file, options))?
+        };
+        let weights_loaded = started.elapsed();
         let tokenizer = Tokenizer::from_gguf(&file)?;
+        tracing::debug!(?weights_loaded, tokenizer_built = ?started.elapsed(), "load phases");
         if tokenizer.vocab_size() > model.config.vocab {
             return Err(Error::Model(format!(
                 "the tokenizer has {} tokens but the embedding table {}",
@@ -249,11 +266,15 @@ impl Engine {
             id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default().to_owned()
         };
         let template_src = file.str("tokenizer.chat_template");
-        let template = ChatTemplate::new(template_src, &text_of(tokenizer.bos()), &text_of(tokenizer.eos()))
-            .or_else(|e| {
-                tracing::warn!(error = %e, "the model's chat template does not compile; using ChatML");
-                ChatTemplate::new(None, &text_of(tokenizer.bos()), &text_of(tokenizer.eos()))
-            })?;
+        let template = ChatTemplate::new(
+            template_src,
+            &text_of(tokenizer.bos()),
+            &text_of(tokenizer.eos()),
+        )
+        .or_else(|e| {
+            tracing::warn!(error = %e, "the model's chat template does not compile; using ChatML");
+            ChatTemplate::new(None, &text_of(tokenizer.bos()), &text_of(tokenizer.eos()))
+        })?;
         let trained = model.config.context_length;
         let context_size = if settings.context_size == 0 { trained } else { settings.context_size };
         let architecture = file.str("general.architecture").unwrap_or_default().to_owned();
@@ -355,7 +376,9 @@ impl Engine {
     pub fn submit(&self, request: GenerateRequest) -> Result<Generation> {
         let s = &self.shared;
         let limit = s.settings.max_concurrent.max(1) + s.settings.max_queue;
-        let admitted = s.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| (p < limit).then_some(p + 1));
+        let admitted = s
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| (p < limit).then_some(p + 1));
         if admitted.is_err() {
             metrics::counter!(m::REJECTED).increment(1);
             let running = s.running.load(Ordering::Acquire);
@@ -439,7 +462,11 @@ impl Shared {
         }
     }
 
-    fn admit(&self, request: GenerateRequest, events: mpsc::UnboundedSender<Event>) -> Option<Sequence> {
+    fn admit(
+        &self,
+        request: GenerateRequest,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Option<Sequence> {
         let tokens = match self.tokenize(&request.input) {
             Ok(t) => t,
             Err(e) => {
@@ -453,13 +480,15 @@ impl Shared {
             return None;
         }
         if tokens.len() >= context {
-            let _ = events.send(Event::Error(Error::ContextLengthExceeded { prompt: tokens.len(), context }));
+            let _ = events
+                .send(Event::Error(Error::ContextLengthExceeded { prompt: tokens.len(), context }));
             return None;
         }
         let room = context - tokens.len();
         let max_tokens = request.max_tokens.unwrap_or(self.settings.default_max_tokens).min(room);
         if max_tokens == 0 {
-            let _ = events.send(Event::Error(Error::InvalidRequest("max_tokens must be at least 1".into())));
+            let _ = events
+                .send(Event::Error(Error::InvalidRequest("max_tokens must be at least 1".into())));
             return None;
         }
         if events.send(Event::Started { prompt_tokens: tokens.len() }).is_err() {
@@ -563,13 +592,12 @@ impl Shared {
         let total_ms = u64::try_from((now - seq.admitted).as_millis()).unwrap_or(u64::MAX);
         let old = self.avg_request_ms.load(Ordering::Relaxed);
         self.avg_request_ms.store((old * 7 + total_ms) / 8, Ordering::Relaxed);
-        let _ = seq.events.send(Event::Done(Finished {
+        Step::Done(Finished {
             finish_reason: reason,
             usage: TokenUsage { prompt_tokens: seq.prompt_len, completion_tokens: seq.generated },
             time_to_first_token: first - seq.admitted,
             decode_time,
-        }));
-        Step::Finished
+        })
     }
 }
 
@@ -631,6 +659,14 @@ fn scheduler(shared: &Shared, pool: &rayon::ThreadPool, inbox: &std_mpsc::Receiv
                     shared.running.fetch_sub(1, Ordering::AcqRel);
                     shared.pending.fetch_sub(1, Ordering::AcqRel);
                 }
+                Step::Done(finished) => {
+                    // Free the slot first, so a client that sends its next request as
+                    // soon as it sees `Done` finds room.
+                    let seq = active.swap_remove(i);
+                    shared.running.fetch_sub(1, Ordering::AcqRel);
+                    shared.pending.fetch_sub(1, Ordering::AcqRel);
+                    let _ = seq.events.send(Event::Done(finished));
+                }
             }
         }
     }
@@ -654,7 +690,9 @@ fn model_id_from_path(path: &Path) -> String {
 
 fn looks_like_quant(s: &str) -> bool {
     let upper = s.to_ascii_uppercase();
-    ["Q2", "Q3", "Q4", "Q5", "Q6", "Q8", "F16", "F32", "BF16", "IQ"].iter().any(|p| upper.starts_with(p))
+    ["Q2", "Q3", "Q4", "Q5", "Q6", "Q8", "F16", "F32", "BF16", "IQ"]
+        .iter()
+        .any(|p| upper.starts_with(p))
 }
 
 #[cfg(test)]
@@ -663,8 +701,14 @@ mod tests {
 
     #[test]
     fn model_ids_drop_the_quantisation_suffix() {
-        assert_eq!(model_id_from_path(Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf")), "SmolLM2-135M-Instruct");
-        assert_eq!(model_id_from_path(Path::new("tinyllama-1.1b-chat.Q4_K_M.gguf")), "tinyllama-1.1b-chat");
+        assert_eq!(
+            model_id_from_path(Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf")),
+            "SmolLM2-135M-Instruct"
+        );
+        assert_eq!(
+            model_id_from_path(Path::new("tinyllama-1.1b-chat.Q4_K_M.gguf")),
+            "tinyllama-1.1b-chat"
+        );
         assert_eq!(model_id_from_path(Path::new("model.gguf")), "model");
         assert_eq!(model_id_from_path(Path::new("llama-3.2-1b.gguf")), "llama-3.2-1b");
     }

@@ -14,7 +14,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The model file is missing.
-    #[error("model file {path} does not exist; fetch the default model with `{FETCH_COMMAND}` or pass another GGUF file")]
+    #[error(
+        "model file {path} does not exist; fetch the default model with `{FETCH_COMMAND}` or pass another GGUF file"
+    )]
     ModelNotFound {
         /// Where it was looked for.
         path: String,
@@ -43,7 +45,9 @@ pub enum Error {
     #[error("{0}")]
     InvalidRequest(String),
     /// The prompt does not fit the context window.
-    #[error("the prompt has {prompt} tokens but the context window holds {context} (and at least one must be generated)")]
+    #[error(
+        "the prompt has {prompt} tokens but the context window holds {context} (and at least one must be generated)"
+    )]
     ContextLengthExceeded {
         /// Prompt tokens.
         prompt: usize,
@@ -51,7 +55,9 @@ pub enum Error {
         context: usize,
     },
     /// Every sequence slot and queue place is taken.
-    #[error("the local model is busy: {running} requests running and {queued} waiting; retry later")]
+    #[error(
+        "the local model is busy: {running} requests running and {queued} waiting; retry later"
+    )]
     Overloaded {
         /// Running sequences.
         running: usize,
@@ -117,6 +123,9 @@ mod tests {
     fn missing_model_names_the_fetch_command() {
         let e = Error::ModelNotFound { path: "/x.gguf".into() };
         assert!(e.to_string().contains(FETCH_COMMAND));
-        assert_eq!(Error::ContextLengthExceeded { prompt: 9, context: 8 }.code(), ErrorCode::ContextLengthExceeded);
+        assert_eq!(
+            Error::ContextLengthExceeded { prompt: 9, context: 8 }.code(),
+            ErrorCode::ContextLengthExceeded
+        );
     }
 }

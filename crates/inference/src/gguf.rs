@@ -25,8 +25,9 @@ impl GgufFile {
             .map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
         let map = map_file(&file)
             .map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
-        let content = Content::read(&mut Cursor::new(&map[..]))
-            .map_err(|e| Error::Model(format!("{} is not a valid GGUF file: {e}", path.display())))?;
+        let content = Content::read(&mut Cursor::new(&map[..])).map_err(|e| {
+            Error::Model(format!("{} is not a valid GGUF file: {e}", path.display()))
+        })?;
         Ok(GgufFile { map, content })
     }
 
@@ -89,22 +90,46 @@ impl GgufFile {
 
     /// Tensor `name` as a weight (row-major dims, outputs first).
     pub(crate) fn weight(&self, name: &str) -> Result<Weight> {
+        let dtype = self
+            .content
+            .tensor_infos
+            .get(name)
+            .map(|i| i.ggml_dtype)
+            .ok_or_else(|| Error::Model(format!("gguf file lacks tensor `{name}`")))?;
+        let (bytes, dims) = self.tensor_bytes(name)?;
+        Weight::from_gguf(dtype, bytes, dims)
+            .map_err(|e| Error::Model(format!("tensor `{name}`: {e}")))
+    }
+
+    /// Tensor `name`, requantised to Q8_0 on the way when `requantize` is set and its
+    /// type has no fast kernel (Q4_1, Q5_0, Q5_1).
+    pub(crate) fn weight_requantized(&self, name: &str, requantize: bool) -> Result<Weight> {
+        if requantize && let Some(info) = self.content.tensor_infos.get(name) {
+            let (bytes, dims) = self.tensor_bytes(name)?;
+            if dims.last().is_some_and(|c| c.is_multiple_of(32))
+                && let Some(q8) = crate::quant::requantize_to_q8_0(info.ggml_dtype, bytes)
+            {
+                return Weight::from_gguf(candle_core::quantized::GgmlDType::Q8_0, &q8, dims)
+                    .map_err(|e| Error::Model(format!("tensor `{name}`: {e}")));
+            }
+        }
+        self.weight(name)
+    }
+
+    fn tensor_bytes(&self, name: &str) -> Result<(&[u8], &[usize])> {
         let info = self
             .content
             .tensor_infos
             .get(name)
             .ok_or_else(|| Error::Model(format!("gguf file lacks tensor `{name}`")))?;
         let elems = info.shape.elem_count();
-        let block = info.ggml_dtype.block_size();
-        let size = elems / block * info.ggml_dtype.type_size();
+        let size = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
         let start = usize::try_from(self.content.tensor_data_offset + info.offset)
             .map_err(|_| Error::Model(format!("tensor `{name}` offset overflows")))?;
-        let bytes = self
-            .map
-            .get(start..start + size)
-            .ok_or_else(|| Error::Model(format!("tensor `{name}` runs past the end of the file")))?;
-        Weight::from_gguf(info.ggml_dtype, bytes, info.shape.dims())
-            .map_err(|e| Error::Model(format!("tensor `{name}`: {e}")))
+        let bytes = self.map.get(start..start + size).ok_or_else(|| {
+            Error::Model(format!("tensor `{name}` runs past the end of the file"))
+        })?;
+        Ok((bytes, info.shape.dims()))
     }
 
     /// Tensor `name` as a flat f32 vector (norm weights, biases).

@@ -67,11 +67,13 @@ pub mod metrics;
 
 pub use backend::LocalBackend;
 pub use engine::{
-    ChatTurn, Engine, EngineStats, Event, FinishReason, Finished, GenerateRequest, Generation, Input,
-    ModelInfo, Output, TokenUsage,
+    ChatTurn, Engine, EngineStats, Event, FinishReason, Finished, GenerateRequest, Generation,
+    Input, ModelInfo, Output, TokenUsage,
 };
 pub use error::{Error, Result};
-pub use paths::{DEFAULT_MODEL_FILE, DEFAULT_MODEL_ID, FETCH_COMMAND, default_model_path, model_dir};
+pub use paths::{
+    DEFAULT_MODEL_FILE, DEFAULT_MODEL_ID, FETCH_COMMAND, default_model_path, model_dir,
+};
 pub use sampling::SamplingParams;
 pub use settings::InferenceSettings;
 pub use tokenizer::{StreamDecoder, Tokenizer};

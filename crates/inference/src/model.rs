@@ -113,13 +113,19 @@ impl ModelConfig {
         let hidden = file.usize(&key("embedding_length"))?;
         let heads = file.usize(&key("attention.head_count"))?;
         let kv_heads = file.opt_usize(&key("attention.head_count_kv")).unwrap_or(heads);
-        let head_dim = file.opt_usize(&key("attention.key_length")).unwrap_or(hidden / heads.max(1));
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || head_dim % 2 != 0 {
+        let head_dim =
+            file.opt_usize(&key("attention.key_length")).unwrap_or(hidden / heads.max(1));
+        if heads == 0
+            || kv_heads == 0
+            || !heads.is_multiple_of(kv_heads)
+            || !head_dim.is_multiple_of(2)
+        {
             return Err(Error::Model(format!(
                 "unsupported attention shape: {heads} heads, {kv_heads} kv heads, head size {head_dim}"
             )));
         }
-        let rope_dim = file.opt_usize(&key("rope.dimension_count")).unwrap_or(head_dim).min(head_dim);
+        let rope_dim =
+            file.opt_usize(&key("rope.dimension_count")).unwrap_or(head_dim).min(head_dim);
         let rope_scale = match file.opt_f32(&key("rope.scaling.factor")) {
             Some(f) if f > 0.0 && file.str(&key("rope.scaling.type")) != Some("none") => 1.0 / f,
             _ => 1.0,
@@ -158,8 +164,8 @@ impl Model {
     /// Build the model from an open file. Runs on the current rayon pool.
     pub(crate) fn load(file: &GgufFile, options: LoadOptions) -> Result<Self> {
         let mut config = ModelConfig::from_gguf(file)?;
-        let prep = |w: Weight| if options.requantize && w.wants_q8_0() { w.to_q8_0() } else { w };
-        let embeddings = prep(file.weight("token_embd.weight")?);
+        let load = |name: &str| file.weight_requantized(name, options.requantize);
+        let embeddings = load("token_embd.weight")?;
         config.vocab = embeddings.rows();
         if embeddings.cols() != config.hidden {
             return Err(Error::Model(format!(
@@ -168,11 +174,8 @@ impl Model {
                 config.hidden
             )));
         }
-        let output = if file.has_tensor("output.weight") {
-            Some(prep(file.weight("output.weight")?))
-        } else {
-            None
-        };
+        let output =
+            if file.has_tensor("output.weight") { Some(load("output.weight")?) } else { None };
         let gemma = config.arch == Arch::Gemma3;
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
@@ -191,18 +194,18 @@ impl Model {
             };
             let layer = Layer {
                 attn_norm: file.vector(&t("attn_norm.weight"))?,
-                wq: prep(file.weight(&t("attn_q.weight"))?),
-                wk: prep(file.weight(&t("attn_k.weight"))?),
-                wv: prep(file.weight(&t("attn_v.weight"))?),
+                wq: load(&t("attn_q.weight"))?,
+                wk: load(&t("attn_k.weight"))?,
+                wv: load(&t("attn_v.weight"))?,
                 bias,
                 q_norm: opt("attn_q_norm.weight")?,
                 k_norm: opt("attn_k_norm.weight")?,
-                wo: prep(file.weight(&t("attn_output.weight"))?),
+                wo: load(&t("attn_output.weight"))?,
                 post_attn_norm: opt("post_attention_norm.weight")?,
                 ffn_norm: file.vector(&t("ffn_norm.weight"))?,
-                w_gate: prep(file.weight(&t("ffn_gate.weight"))?),
-                w_up: prep(file.weight(&t("ffn_up.weight"))?),
-                w_down: prep(file.weight(&t("ffn_down.weight"))?),
+                w_gate: load(&t("ffn_gate.weight"))?,
+                w_up: load(&t("ffn_up.weight"))?,
+                w_down: load(&t("ffn_down.weight"))?,
                 post_ffn_norm: opt("post_ffw_norm.weight")?,
                 local: gemma
                     && config.sliding_window.is_some()
@@ -210,9 +213,10 @@ impl Model {
             };
             let q_out = config.heads * config.head_dim;
             let kv_out = config.kv_heads * config.head_dim;
-            if layer.wq.rows() != q_out || layer.wk.rows() != kv_out || layer.wv.rows() != kv_out
-            {
-                return Err(Error::Model(format!("layer {i}: attention weights do not match the head counts")));
+            if layer.wq.rows() != q_out || layer.wk.rows() != kv_out || layer.wv.rows() != kv_out {
+                return Err(Error::Model(format!(
+                    "layer {i}: attention weights do not match the head counts"
+                )));
             }
             layers.push(layer);
         }
@@ -256,7 +260,12 @@ impl Model {
     /// Run `tokens` (positions `cache.len()..`) through the model, appending to the
     /// cache; returns the logits of the last token when `logits` is set. Runs on the
     /// current rayon pool.
-    pub(crate) fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: bool) -> Result<Vec<f32>> {
+    pub(crate) fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits: bool,
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         let m = tokens.len();
         if m == 0 {

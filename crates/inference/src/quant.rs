@@ -68,7 +68,7 @@ const COLS_PER_TASK: usize = 32;
 
 impl<T: GgmlType> Blocks<T> {
     fn from_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
-        if cols % T::BLCK_SIZE != 0 {
+        if !cols.is_multiple_of(T::BLCK_SIZE) {
             return Err(Error::Model(format!(
                 "a {:?} row of {cols} values is not a whole number of blocks",
                 T::DTYPE
@@ -98,6 +98,7 @@ impl<T: GgmlType> Blocks<T> {
         &self.data[r * bpr..(r + 1) * bpr]
     }
 
+    #[cfg(test)]
     fn to_q8_0(&self) -> Blocks<BlockQ8_0> {
         let bpr_out = self.cols / BlockQ8_0::BLCK_SIZE;
         let mut data = vec![BlockQ8_0::zeros(); self.rows * bpr_out];
@@ -173,12 +174,15 @@ impl Weight {
 
     /// Whether requantising to Q8_0 speeds this weight up: candle has no SIMD dot
     /// product for these formats, and Q8_0 holds their values almost exactly.
+    #[cfg(test)]
     pub(crate) fn wants_q8_0(&self) -> bool {
         matches!(self, Weight::Q4_1(_) | Weight::Q5_0(_) | Weight::Q5_1(_))
-            && self.cols() % BlockQ8_0::BLCK_SIZE == 0
+            && self.cols().is_multiple_of(BlockQ8_0::BLCK_SIZE)
     }
 
-    /// The same matrix in Q8_0. Runs on the current rayon pool.
+    /// The same matrix in Q8_0, through candle's own conversions (the reference the
+    /// byte-level [`requantize_to_q8_0`] is tested against).
+    #[cfg(test)]
     pub(crate) fn to_q8_0(&self) -> Weight {
         match self {
             Weight::Q8_0(b) => Weight::Q8_0(b.clone()),
@@ -231,6 +235,106 @@ impl Weight {
             _ => {}
         }
         weights.iter().map(|w| w.matmul(x, m)).collect()
+    }
+}
+
+/// Bytes of one Q8_0 block: f16 scale, 32 signed quants.
+const Q8_0_BYTES: usize = 34;
+
+/// Convert raw Q4_1/Q5_0/Q5_1 GGUF bytes straight to Q8_0 bytes, block by block, on the
+/// current rayon pool: the same values candle's `to_float` then `from_float` produce,
+/// in loops LLVM vectorises. `None` for other types.
+pub(crate) fn requantize_to_q8_0(dtype: GgmlDType, bytes: &[u8]) -> Option<Vec<u8>> {
+    let size = match dtype {
+        GgmlDType::Q4_1 => 20,
+        GgmlDType::Q5_0 => 22,
+        GgmlDType::Q5_1 => 24,
+        _ => return None,
+    };
+    if !bytes.len().is_multiple_of(size) {
+        return None;
+    }
+    let blocks = bytes.len() / size;
+    let mut out = vec![0u8; blocks * Q8_0_BYTES];
+    const PER_TASK: usize = 1024;
+    out.par_chunks_mut(PER_TASK * Q8_0_BYTES).zip(bytes.par_chunks(PER_TASK * size)).for_each(
+        |(dst, src)| {
+            let mut vals = [0f32; 32];
+            for (o, b) in dst.chunks_exact_mut(Q8_0_BYTES).zip(src.chunks_exact(size)) {
+                decode_block(dtype, b, &mut vals);
+                encode_q8_0(&vals, o);
+            }
+        },
+    );
+    Some(out)
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Dequantise one block as ggml does.
+fn decode_block(dtype: GgmlDType, b: &[u8], vals: &mut [f32; 32]) {
+    match dtype {
+        GgmlDType::Q4_1 => {
+            let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+            let Ok(qs) = <&[u8; 16]>::try_from(&b[4..20]) else { return };
+            for j in 0..16 {
+                vals[j] = f32::from(qs[j] & 0x0F) * d + m;
+                vals[j + 16] = f32::from(qs[j] >> 4) * d + m;
+            }
+        }
+        GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
+            let q5_1 = dtype == GgmlDType::Q5_1;
+            let d = f16_at(b, 0);
+            let (m, off) = if q5_1 { (f16_at(b, 2), 4) } else { (0.0, 2) };
+            let qh = u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]]);
+            let qs = &b[off + 4..off + 20];
+            for j in 0..16 {
+                let hi0 = ((qh >> j) << 4) & 0x10;
+                let hi1 = (qh >> (j + 12)) & 0x10;
+                let x0 = u32::from(qs[j] & 0x0F) | hi0;
+                let x1 = u32::from(qs[j] >> 4) | hi1;
+                #[allow(clippy::cast_precision_loss, clippy::cast_possible_wrap)]
+                if q5_1 {
+                    vals[j] = x0 as f32 * d + m;
+                    vals[j + 16] = x1 as f32 * d + m;
+                } else {
+                    vals[j] = (x0 as i32 - 16) as f32 * d;
+                    vals[j + 16] = (x1 as i32 - 16) as f32 * d;
+                }
+            }
+        }
+        _ => vals.fill(0.0),
+    }
+}
+
+/// Quantise 32 values to one Q8_0 block (ggml's `quantize_row_q8_0_ref`). Rounds half
+/// away from zero like `f32::round`, written so LLVM vectorises it (lane-wise maxima,
+/// no `roundf` calls).
+#[allow(clippy::cast_possible_truncation)]
+fn encode_q8_0(vals: &[f32; 32], out: &mut [u8]) {
+    let mut lanes = [0f32; 8];
+    for chunk in vals.chunks_exact(8) {
+        for (l, v) in lanes.iter_mut().zip(chunk) {
+            let a = v.abs();
+            *l = if a > *l { a } else { *l };
+        }
+    }
+    let mut amax = 0f32;
+    for l in lanes {
+        amax = if l > amax { l } else { amax };
+    }
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    out[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+    let mut q = [0i8; 32];
+    for (q, v) in q.iter_mut().zip(vals) {
+        let x = v * id;
+        *q = (x + 0.499_999_97f32.copysign(x)).trunc() as i8;
+    }
+    for (o, q) in out[2..34].iter_mut().zip(q) {
+        *o = q.to_le_bytes()[0];
     }
 }
 
@@ -360,6 +464,48 @@ mod tests {
         for (a, b) in single.iter().zip(&want) {
             assert!((a - b).abs() < 0.05, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn byte_level_requantisation_equals_candles_round_trip() {
+        let (rows, cols) = (8, 64);
+        let w = pseudo_random(rows * cols, 11);
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1] {
+            let weight = match dtype {
+                GgmlDType::Q4_1 => {
+                    let mut b = vec![BlockQ4_1::zeros(); rows * cols / 32];
+                    BlockQ4_1::from_float(&w, &mut b);
+                    Weight::Q4_1(Blocks { data: b, rows, cols })
+                }
+                GgmlDType::Q5_0 => {
+                    let mut b = vec![BlockQ5_0::zeros(); rows * cols / 32];
+                    BlockQ5_0::from_float(&w, &mut b);
+                    Weight::Q5_0(Blocks { data: b, rows, cols })
+                }
+                _ => {
+                    let mut b = vec![BlockQ5_1::zeros(); rows * cols / 32];
+                    BlockQ5_1::from_float(&w, &mut b);
+                    Weight::Q5_1(Blocks { data: b, rows, cols })
+                }
+            };
+            let raw = dispatch!(&weight, b => raw_bytes(b));
+            let q8 = requantize_to_q8_0(dtype, &raw).unwrap();
+            let direct = Weight::from_gguf(GgmlDType::Q8_0, &q8, &[rows, cols]).unwrap();
+            assert_eq!(direct.to_f32(), weight.to_q8_0().to_f32(), "{dtype:?}");
+            assert_eq!(direct.to_f32().len(), rows * cols);
+        }
+        assert!(requantize_to_q8_0(GgmlDType::Q8_0, &[0; 34]).is_none());
+    }
+
+    #[allow(unsafe_code)]
+    fn raw_bytes<T: GgmlType>(b: &Blocks<T>) -> Vec<u8> {
+        let len = std::mem::size_of_val(b.data.as_slice());
+        let mut out = vec![0u8; len];
+        // SAFETY: test-only inverse of `copy_bytes_into`, same reasoning.
+        unsafe {
+            std::ptr::copy_nonoverlapping(b.data.as_ptr().cast::<u8>(), out.as_mut_ptr(), len)
+        };
+        out
     }
 
     #[test]

@@ -79,7 +79,11 @@ impl Sampler {
             seen.dedup();
             for id in seen {
                 if let Some(l) = logits.get_mut(id as usize) {
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
                 }
             }
         }
@@ -149,7 +153,10 @@ pub(crate) enum StopOutcome {
 
 impl StopMatcher {
     pub(crate) fn new(stops: Vec<String>) -> Self {
-        StopMatcher { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), held: String::new() }
+        StopMatcher {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            held: String::new(),
+        }
     }
 
     /// Add decoded text.
@@ -206,7 +213,8 @@ mod tests {
     #[test]
     fn seeded_sampling_is_reproducible_and_top_k_one_is_greedy() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
-        let params = SamplingParams { temperature: 0.8, seed: Some(7), ..SamplingParams::default() };
+        let params =
+            SamplingParams { temperature: 0.8, seed: Some(7), ..SamplingParams::default() };
         let run = |p: &SamplingParams| {
             let mut s = Sampler::new(p.clone());
             (0..20).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()

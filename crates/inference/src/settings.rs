@@ -75,7 +75,8 @@ mod tests {
         assert_eq!(s, InferenceSettings::default());
         assert!(s.resolved_threads() >= 1);
         assert!(serde_json::from_str::<InferenceSettings>(r#"{"thread": 2}"#).is_err());
-        let s: InferenceSettings = serde_json::from_str(r#"{"threads": 3, "model_path": "/m.gguf"}"#).unwrap();
+        let s: InferenceSettings =
+            serde_json::from_str(r#"{"threads": 3, "model_path": "/m.gguf"}"#).unwrap();
         assert_eq!(s.resolved_threads(), 3);
         assert_eq!(s.model_path.as_deref(), Some(std::path::Path::new("/m.gguf")));
     }

@@ -36,9 +36,12 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
         let from_file = source.is_some();
         env.add_template_owned(NAME, source.unwrap_or(CHATML_TEMPLATE).to_owned())
@@ -47,7 +50,11 @@ impl ChatTemplate {
     }
 
     /// Render a conversation, ending with the assistant's turn opened.
-    pub(crate) fn render(&self, messages: &[TemplateMessage], tools: Option<&serde_json::Value>) -> Result<String> {
+    pub(crate) fn render(
+        &self,
+        messages: &[TemplateMessage],
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String> {
         let template = self
             .env
             .get_template(NAME)
@@ -60,7 +67,9 @@ impl ChatTemplate {
                 eos_token => &self.eos,
                 tools => tools,
             })
-            .map_err(|e| Error::InvalidRequest(format!("chat template rejected the conversation: {e}")))
+            .map_err(|e| {
+                Error::InvalidRequest(format!("chat template rejected the conversation: {e}"))
+            })
     }
 }
 
@@ -74,8 +83,18 @@ fn strftime_now(fmt: &str) -> String {
     let (y, m, d) = civil_from_days(days);
     let rem = secs % 86_400;
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     let month = MONTHS[usize::try_from(m - 1).unwrap_or(0).min(11)];
     let mut out = String::new();

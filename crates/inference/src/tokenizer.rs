@@ -34,8 +34,7 @@ const TYPE_UNUSED: i32 = 5;
 #[cfg(test)]
 const TYPE_BYTE: i32 = 6;
 
-const GPT2_REGEX: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -67,7 +66,7 @@ pub struct Tokenizer {
 
 enum Kind {
     Bpe(Box<tokenizers::Tokenizer>),
-    Spm(Spm),
+    Spm(Box<Spm>),
 }
 
 struct Spm {
@@ -108,10 +107,11 @@ impl Tokenizer {
     /// Build the tokenizer a GGUF file describes.
     pub(crate) fn from_gguf(file: &GgufFile) -> Result<Self> {
         let model = file.str("tokenizer.ggml.model").unwrap_or("llama");
-        let texts = string_array(file, "tokenizer.ggml.tokens")?
-            .ok_or_else(|| Error::Tokenizer("gguf metadata lacks `tokenizer.ggml.tokens`".into()))?;
-        let types = int_array(file, "tokenizer.ggml.token_type")
-            .unwrap_or_else(|| vec![1; texts.len()]);
+        let texts = string_array(file, "tokenizer.ggml.tokens")?.ok_or_else(|| {
+            Error::Tokenizer("gguf metadata lacks `tokenizer.ggml.tokens`".into())
+        })?;
+        let types =
+            int_array(file, "tokenizer.ggml.token_type").unwrap_or_else(|| vec![1; texts.len()]);
         let bos = file.opt_usize("tokenizer.ggml.bos_token_id").and_then(to_id);
         let eos = file.opt_usize("tokenizer.ggml.eos_token_id").and_then(to_id);
         match model {
@@ -145,7 +145,12 @@ impl Tokenizer {
     }
 
     /// A byte-level BPE tokenizer (`tokenizer.ggml.model = gpt2`).
-    pub(crate) fn bpe(texts: &[String], types: &[i32], merges: &[String], pre: &str) -> Result<Self> {
+    pub(crate) fn bpe(
+        texts: &[String],
+        types: &[i32],
+        merges: &[String],
+        pre: &str,
+    ) -> Result<Self> {
         let vocab: ahash::AHashMap<String, u32> =
             texts.iter().enumerate().filter_map(|(i, t)| Some((t.clone(), to_id(i)?))).collect();
         let merges: Vec<(String, String)> = merges
@@ -159,9 +164,8 @@ impl Tokenizer {
             .build()
             .map_err(|e| Error::Tokenizer(format!("invalid bpe vocabulary: {e}")))?;
         let regexes: &[&str] = match pre {
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
-                &[r"\p{N}", GPT2_REGEX]
-            }
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
+            | "minerva" => &[r"\p{N}", GPT2_REGEX],
             "llama-bpe" | "llama3" | "falcon3" | "pixtral" => &[LLAMA3_REGEX],
             "qwen2" | "deepseek-r1-qwen" | "qwen35" => &[QWEN2_REGEX],
             _ => &[GPT2_REGEX],
@@ -244,9 +248,16 @@ impl Tokenizer {
                 _ => t.replace('\u{2581}', " ").into_bytes(),
             });
         }
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         Tokenizer {
-            kind: Kind::Spm(Spm { ids, scores, specials, byte_tokens, unk, add_space_prefix }),
+            kind: Kind::Spm(Box::new(Spm {
+                ids,
+                scores,
+                specials,
+                byte_tokens,
+                unk,
+                add_space_prefix,
+            })),
             bytes,
             texts: texts.to_vec(),
             bos: None,
@@ -266,10 +277,11 @@ impl Tokenizer {
         let types = int_array(file, "tokenizer.ggml.token_type").unwrap_or_default();
         for (i, t) in self.texts.iter().enumerate() {
             let control = types.get(i).is_none_or(|ty| *ty == TYPE_CONTROL);
-            if control && END_OF_TURN_TEXTS.contains(&t.as_str()) {
-                if let Some(id) = to_id(i) {
-                    eog.push(id);
-                }
+            if control
+                && END_OF_TURN_TEXTS.contains(&t.as_str())
+                && let Some(id) = to_id(i)
+            {
+                eog.push(id);
             }
         }
         eog.sort_unstable();
@@ -279,7 +291,12 @@ impl Tokenizer {
 
     /// Set BOS/EOS explicitly (tests and hand-built vocabularies).
     #[cfg(test)]
-    pub(crate) fn with_special(mut self, bos: Option<u32>, eos: Option<u32>, add_bos: bool) -> Self {
+    pub(crate) fn with_special(
+        mut self,
+        bos: Option<u32>,
+        eos: Option<u32>,
+        add_bos: bool,
+    ) -> Self {
         self.bos = bos;
         self.eos = eos;
         self.add_bos = add_bos && bos.is_some();
@@ -292,12 +309,13 @@ impl Tokenizer {
     /// not already start with it.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
-        if add_bos && self.add_bos {
-            if let Some(bos) = self.bos {
-                let bos_text = self.texts.get(bos as usize).map(String::as_str).unwrap_or("");
-                if bos_text.is_empty() || !text.starts_with(bos_text) {
-                    ids.push(bos);
-                }
+        if add_bos
+            && self.add_bos
+            && let Some(bos) = self.bos
+        {
+            let bos_text = self.texts.get(bos as usize).map(String::as_str).unwrap_or("");
+            if bos_text.is_empty() || !text.starts_with(bos_text) {
+                ids.push(bos);
             }
         }
         match &self.kind {

@@ -1,5 +1,6 @@
 //! The engine and the backend on a tiny random-weight llama written by the test: no
 //! download needed.
+#![allow(clippy::unwrap_used, clippy::print_stderr)] // reason: test helpers outside #[test] fns
 
 mod util;
 
@@ -9,9 +10,7 @@ use bytes::Bytes;
 use candle_core::quantized::GgmlDType;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use switchyard_core::{
-    Backend, BackendRequest, Endpoint, ErrorCode, RequestMeta, ResponseBody,
-};
+use switchyard_core::{Backend, BackendRequest, Endpoint, ErrorCode, RequestMeta, ResponseBody};
 use switchyard_inference::{
     Engine, Error, Event, FinishReason, GenerateRequest, InferenceSettings, Input, LocalBackend,
     SamplingParams,
@@ -95,12 +94,9 @@ fn stop_sequence_ends_generation_and_is_never_emitted() {
 fn dropping_the_receiver_cancels_generation() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_tiny_model(dir.path(), GgmlDType::Q8_0, 42);
-    let engine = Engine::load(&InferenceSettings {
-        max_concurrent: 1,
-        max_queue: 0,
-        ..settings(&path)
-    })
-    .unwrap();
+    let engine =
+        Engine::load(&InferenceSettings { max_concurrent: 1, max_queue: 0, ..settings(&path) })
+            .unwrap();
     let limit = 4000;
     let mut generation = engine.submit(request("the", limit)).unwrap();
     let mut seen = 0;
@@ -128,12 +124,9 @@ fn dropping_the_receiver_cancels_generation() {
 fn a_full_queue_refuses_with_overloaded_and_a_retry_hint() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_tiny_model(dir.path(), GgmlDType::Q8_0, 42);
-    let engine = Engine::load(&InferenceSettings {
-        max_concurrent: 1,
-        max_queue: 1,
-        ..settings(&path)
-    })
-    .unwrap();
+    let engine =
+        Engine::load(&InferenceSettings { max_concurrent: 1, max_queue: 1, ..settings(&path) })
+            .unwrap();
     let running = engine.submit(request("the", 4000)).unwrap();
     let queued = engine.submit(request("the", 4000)).unwrap();
     let err = engine.submit(request("the", 4)).unwrap_err();
@@ -226,13 +219,16 @@ fn full_json(body: ResponseBody) -> Value {
 async fn local_backend_speaks_openai_chat_and_completions() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_tiny_model(dir.path(), GgmlDType::Q8_0, 42);
-    let backend = tokio::task::spawn_blocking(move || LocalBackend::load("local", &settings(&path)))
-        .await
-        .unwrap()
-        .unwrap();
+    let backend =
+        tokio::task::spawn_blocking(move || LocalBackend::load("local", &settings(&path)))
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(backend.id().as_str(), "local");
     assert!(backend.supports(Endpoint::ChatCompletions) && backend.supports(Endpoint::Completions));
-    assert!(!backend.supports(Endpoint::Embeddings) && !backend.supports(Endpoint::AnthropicMessages));
+    assert!(
+        !backend.supports(Endpoint::Embeddings) && !backend.supports(Endpoint::AnthropicMessages)
+    );
     backend.probe().await.unwrap();
     let models = backend.models().await.unwrap();
     assert_eq!(models[0].id, "tiny");
@@ -240,7 +236,8 @@ async fn local_backend_speaks_openai_chat_and_completions() {
 
     let chat = json!({"model": "tiny", "messages": [{"role": "user", "content": "the cat"}],
                       "max_tokens": 6, "temperature": 0});
-    let resp = backend.send(backend_request(Endpoint::ChatCompletions, chat.clone())).await.unwrap();
+    let resp =
+        backend.send(backend_request(Endpoint::ChatCompletions, chat.clone())).await.unwrap();
     assert_eq!(resp.headers["content-type"], "application/json");
     let whole = full_json(resp.body);
     assert_eq!(whole["object"], "chat.completion");
@@ -284,8 +281,11 @@ async fn local_backend_speaks_openai_chat_and_completions() {
     assert_eq!(events.last().unwrap(), "[DONE]");
     let first: Value = serde_json::from_str(&events[0]).unwrap();
     assert_eq!(first["object"], "text_completion");
-    let completion = json!({"model": "tiny", "prompt": ["the cat"], "max_tokens": 4, "temperature": 0});
-    let whole = full_json(backend.send(backend_request(Endpoint::Completions, completion)).await.unwrap().body);
+    let completion =
+        json!({"model": "tiny", "prompt": ["the cat"], "max_tokens": 4, "temperature": 0});
+    let whole = full_json(
+        backend.send(backend_request(Endpoint::Completions, completion)).await.unwrap().body,
+    );
     assert_eq!(whole["object"], "text_completion");
     assert_eq!(whole["usage"]["completion_tokens"], 4);
 }
@@ -301,14 +301,54 @@ async fn bad_requests_get_clear_errors() {
     .unwrap()
     .unwrap();
     let cases = [
-        (Endpoint::ChatCompletions, json!({"model": "tiny", "messages": "nope"}), ErrorCode::InvalidRequest, "invalid chat completion request"),
-        (Endpoint::ChatCompletions, json!({"model": "tiny", "messages": []}), ErrorCode::InvalidRequest, "must not be empty"),
-        (Endpoint::ChatCompletions, json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": 5}), ErrorCode::InvalidRequest, "temperature"),
-        (Endpoint::ChatCompletions, json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 3}), ErrorCode::InvalidRequest, "one choice"),
-        (Endpoint::Completions, json!({"model": "tiny", "prompt": ["a", "b"]}), ErrorCode::InvalidRequest, "exactly one prompt"),
-        (Endpoint::Completions, json!({"model": "tiny", "prompt": [999999]}), ErrorCode::InvalidRequest, "outside the vocabulary"),
-        (Endpoint::Completions, json!({"model": "tiny", "prompt": "the cat ".repeat(40)}), ErrorCode::ContextLengthExceeded, "context window"),
-        (Endpoint::Embeddings, json!({"model": "tiny", "input": "x"}), ErrorCode::Unsupported, "not supported"),
+        (
+            Endpoint::ChatCompletions,
+            json!({"model": "tiny", "messages": "nope"}),
+            ErrorCode::InvalidRequest,
+            "invalid chat completion request",
+        ),
+        (
+            Endpoint::ChatCompletions,
+            json!({"model": "tiny", "messages": []}),
+            ErrorCode::InvalidRequest,
+            "must not be empty",
+        ),
+        (
+            Endpoint::ChatCompletions,
+            json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": 5}),
+            ErrorCode::InvalidRequest,
+            "temperature",
+        ),
+        (
+            Endpoint::ChatCompletions,
+            json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 3}),
+            ErrorCode::InvalidRequest,
+            "one choice",
+        ),
+        (
+            Endpoint::Completions,
+            json!({"model": "tiny", "prompt": ["a", "b"]}),
+            ErrorCode::InvalidRequest,
+            "exactly one prompt",
+        ),
+        (
+            Endpoint::Completions,
+            json!({"model": "tiny", "prompt": [999999]}),
+            ErrorCode::InvalidRequest,
+            "outside the vocabulary",
+        ),
+        (
+            Endpoint::Completions,
+            json!({"model": "tiny", "prompt": "the cat ".repeat(40)}),
+            ErrorCode::ContextLengthExceeded,
+            "context window",
+        ),
+        (
+            Endpoint::Embeddings,
+            json!({"model": "tiny", "input": "x"}),
+            ErrorCode::Unsupported,
+            "not supported",
+        ),
     ];
     for (endpoint, body, code, text) in cases {
         let err = backend.send(backend_request(endpoint, body.clone())).await.unwrap_err();

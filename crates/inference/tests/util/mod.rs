@@ -1,6 +1,6 @@
 //! A tiny random-weight llama GGUF with its own small SentencePiece vocabulary, written
 //! with candle's GGUF writer.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)] // reason: each test binary uses part of it; test helper
 
 use std::path::{Path, PathBuf};
 
@@ -81,9 +81,14 @@ pub(crate) fn write_model(dir: &Path, dtype: GgmlDType, seed: u64, arch: &str) -
         let n = |s: &str| format!("blk.{l}.{s}");
         tensors.push((n("attn_norm.weight"), ones(HIDDEN)));
         tensors.push((n("attn_q.weight"), tensor(&mut rng, HEADS * head_dim, HIDDEN, 0.3, dtype)));
-        tensors.push((n("attn_k.weight"), tensor(&mut rng, KV_HEADS * head_dim, HIDDEN, 0.3, dtype)));
-        tensors.push((n("attn_v.weight"), tensor(&mut rng, KV_HEADS * head_dim, HIDDEN, 0.3, dtype)));
-        tensors.push((n("attn_output.weight"), tensor(&mut rng, HIDDEN, HEADS * head_dim, 0.3, dtype)));
+        tensors
+            .push((n("attn_k.weight"), tensor(&mut rng, KV_HEADS * head_dim, HIDDEN, 0.3, dtype)));
+        tensors
+            .push((n("attn_v.weight"), tensor(&mut rng, KV_HEADS * head_dim, HIDDEN, 0.3, dtype)));
+        tensors.push((
+            n("attn_output.weight"),
+            tensor(&mut rng, HIDDEN, HEADS * head_dim, 0.3, dtype),
+        ));
         tensors.push((n("ffn_norm.weight"), ones(HIDDEN)));
         tensors.push((n("ffn_gate.weight"), tensor(&mut rng, FFN, HIDDEN, 0.3, dtype)));
         tensors.push((n("ffn_up.weight"), tensor(&mut rng, FFN, HIDDEN, 0.3, dtype)));
