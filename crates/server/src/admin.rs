@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 use switchyard_health::BackendHealth;
+use switchyard_strategy::BackendSnapshot;
 
 use crate::state::AppState;
 
@@ -15,6 +16,8 @@ struct BackendView<'a> {
     url: Option<&'a str>,
     weight: u32,
     models: Vec<&'a str>,
+    /// Strategy statistics: in-flight, EWMA latency, requests, errors.
+    stats: Option<BackendSnapshot>,
     health: Option<BackendHealth>,
 }
 
@@ -32,6 +35,7 @@ pub(crate) fn health(state: &AppState) -> Vec<u8> {
 pub(crate) fn backends(state: &AppState) -> Vec<u8> {
     let table = state.table();
     let mut health = state.health.snapshot().backends;
+    let mut stats = state.stats.snapshot();
     let backends = state
         .spec
         .backends
@@ -40,12 +44,14 @@ pub(crate) fn backends(state: &AppState) -> Vec<u8> {
         .map(|(index, spec)| {
             let name = spec.backend.id().as_str();
             let position = health.iter().position(|h| h.backend == name);
+            let stat = stats.iter().position(|s| s.id.as_str() == name);
             BackendView {
                 name,
                 kind: &spec.kind,
                 url: spec.url.as_deref(),
                 weight: spec.weight,
                 models: table.table.models_of(index),
+                stats: stat.map(|p| stats.swap_remove(p)),
                 health: position.map(|p| health.swap_remove(p)),
             }
         })

@@ -13,6 +13,9 @@ use switchyard_health::{
     BackoffSettings, BreakerSettings, CheckOverride, CheckSettings, HealthSettings,
     RetryBudgetSettings, RetrySettings,
 };
+use switchyard_strategy::{
+    ConsistentHashSettings, LeastLatencySettings, StrategyKind, StrategySettings,
+};
 
 use crate::error::{Error, Result};
 use crate::routes::{BackendSpec, RouterSpec};
@@ -31,11 +34,34 @@ pub fn server_settings(config: &Config) -> ServerSettings {
         max_connections: server.max_connections,
         retry: retry_settings(config),
         health: health_settings(config),
+        routing: strategy_settings(config),
         model_refresh_interval: config.cache.model_cache_ttl,
         discovery_timeout: config
             .request
             .first_byte_timeout
             .min(config.health_checks.timeout.max(std::time::Duration::from_secs(1))),
+    }
+}
+
+/// The load-balancing strategy (`routing.*`). Weights are resolved per backend by
+/// `RoutingConfig::weight_for` (name, then url), so the map is not passed on.
+pub(crate) fn strategy_settings(config: &Config) -> StrategySettings {
+    let routing = &config.routing;
+    // The config crate validated the names against the same list.
+    let kind = |name: String| name.parse::<StrategyKind>().unwrap_or(StrategyKind::RoundRobin);
+    StrategySettings {
+        strategy: kind(routing.strategy.to_string()),
+        fallback_strategy: kind(routing.fallback_strategy.to_string()),
+        weights: Default::default(),
+        consistent_hash: ConsistentHashSettings {
+            header: routing.consistent_hash.header.clone(),
+            virtual_nodes: routing.consistent_hash.virtual_nodes,
+            load_factor: routing.consistent_hash.load_factor,
+        },
+        least_latency: LeastLatencySettings {
+            decay: routing.least_latency.decay,
+            exploration: routing.least_latency.exploration,
+        },
     }
 }
 

@@ -22,6 +22,7 @@ use switchyard_core::{
 };
 
 use switchyard_health::{FailureKind, Outcome};
+use switchyard_strategy::{InFlight, RequestKey};
 use tokio::time::Instant;
 
 use crate::body::{Body, OnFinish, RelayOutcome};
@@ -62,25 +63,41 @@ pub(crate) async fn proxy(
         forward.insert(TRACEPARENT, trace.clone());
     }
 
+    let session = parts
+        .headers
+        .get(state.settings.routing.consistent_hash.header.as_str())
+        .and_then(|v| v.to_str().ok());
+    let key = RequestKey::from_meta(session, &meta);
+
     state.budget.deposit();
     let max_attempts = state.settings.retry.max_retries as usize + 1;
     let mut attempts = 0;
-    let mut skipped = 0;
+    let mut supported = false;
     let mut last: Option<Failure> = None;
     'plan: for step in &plan.steps {
-        for index in step.route.ordered() {
-            let spec = &state.spec.backends[index];
-            let backend = spec.backend.id();
-            if !spec.backend.supports(endpoint) {
-                continue;
-            }
+        let route = &step.route;
+        let mut tried = Tried::new(route.candidates.len());
+        loop {
             if attempts == max_attempts {
                 break 'plan;
             }
-            let Some(admission) = step.route.health.admit(backend) else {
-                skipped += 1;
-                continue;
-            };
+            // The strategy's order, filtered by what this request may use now.
+            let pick = route.selector.select_with(&key, |i, candidate| {
+                if tried.contains(i) {
+                    return false;
+                }
+                if !state.spec.backends[route.candidates[i]].backend.supports(endpoint) {
+                    return false;
+                }
+                supported = true;
+                route.health.is_available(&candidate.id)
+            });
+            let Some(i) = pick else { break };
+            tried.insert(i);
+            let index = route.candidates[i];
+            let spec = &state.spec.backends[index];
+            let backend = spec.backend.id();
+            let Some(admission) = route.health.admit(backend) else { continue };
             if attempts > 0 {
                 if !state.budget.try_withdraw() {
                     tracing::debug!(%backend, "retry budget exhausted");
@@ -89,6 +106,7 @@ pub(crate) async fn proxy(
                 tokio::time::sleep(state.settings.retry.backoff(attempts as u32 - 1)).await;
             }
             attempts += 1;
+            let mut stats = route.selector.start(i);
             let request = BackendRequest {
                 endpoint,
                 body: bytes.clone(),
@@ -101,6 +119,7 @@ pub(crate) async fn proxy(
                 Ok(response) => response,
                 Err(error) => {
                     admission.record(Outcome::from_error(&error), started.elapsed());
+                    stats.failure();
                     tracing::debug!(%backend, code = %error.code, "attempt failed");
                     if !error.retryable() {
                         return Err(error.into());
@@ -109,55 +128,94 @@ pub(crate) async fn proxy(
                     continue;
                 }
             };
+            let head = started.elapsed();
             if retryable_status(response.status) {
                 let wait = switchyard_backends::retry_after(&response.headers);
-                admission.record(
-                    Outcome::from_status(response.status.as_u16(), wait),
-                    started.elapsed(),
-                );
+                admission.record(Outcome::from_status(response.status.as_u16(), wait), head);
+                stats.failure();
                 tracing::debug!(%backend, status = response.status.as_u16(), "attempt failed");
                 last = Some(Failure::Response(response, index));
                 continue;
             }
             let response = match response.body {
                 ResponseBody::Full(_) => {
-                    admission.record(
-                        Outcome::from_status(response.status.as_u16(), None),
-                        started.elapsed(),
-                    );
+                    admission.record(Outcome::from_status(response.status.as_u16(), None), head);
+                    stats.record_latency(head);
+                    stats.success();
                     response
                 }
                 ResponseBody::Stream(stream) => match first_chunk(stream).await {
                     Ok(stream) => {
-                        admission.record(Outcome::Success, started.elapsed());
-                        BackendResponse { body: ResponseBody::Stream(stream), ..response }
+                        let first = started.elapsed();
+                        admission.record(Outcome::Success, first);
+                        stats.record_latency(first);
+                        let body = ResponseBody::Stream(stream);
+                        return Ok(respond(
+                            BackendResponse { body, ..response },
+                            &state,
+                            index,
+                            &route.model,
+                            Some(stats),
+                        ));
                     }
                     Err(error) => {
                         admission
                             .record(Outcome::Failure(FailureKind::Interrupted), started.elapsed());
+                        stats.failure();
                         tracing::debug!(%backend, code = %error.code, "stream failed before its first byte");
                         last = Some(Failure::Error(error));
                         continue;
                     }
                 },
             };
-            return Ok(respond(response, &state, index, &step.route.model));
+            return Ok(respond(response, &state, index, &route.model, None));
         }
     }
     match last {
         Some(Failure::Response(response, index)) => {
             let model = plan.steps[0].route.model.clone();
-            Ok(respond(response, &state, index, &model))
+            Ok(respond(response, &state, index, &model, None))
         }
         Some(Failure::Error(error)) => Err(error),
-        None if skipped > 0 => Err(ApiError::new(
+        None if supported => Err(ApiError::new(
             ErrorCode::NoHealthyBackend,
             format!("no healthy backend can serve `{}` right now", meta.model),
         )),
         None => Err(ApiError::new(
-            ErrorCode::NoHealthyBackend,
-            format!("no backend can serve `{}` for {}", meta.model, endpoint.path()),
+            ErrorCode::Unsupported,
+            format!("no backend of `{}` serves {}", meta.model, endpoint.path()),
         )),
+    }
+}
+
+/// Which candidates of one model this request has tried: a bitmask up to 128, a
+/// vector beyond (no allocation for the common case).
+enum Tried {
+    Small(u128),
+    Large(Vec<bool>),
+}
+
+impl Tried {
+    fn new(candidates: usize) -> Self {
+        if candidates <= 128 { Tried::Small(0) } else { Tried::Large(vec![false; candidates]) }
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        match self {
+            Tried::Small(bits) => bits & (1u128 << i) != 0,
+            Tried::Large(seen) => seen.get(i).copied().unwrap_or(true),
+        }
+    }
+
+    fn insert(&mut self, i: usize) {
+        match self {
+            Tried::Small(bits) => *bits |= 1u128 << i,
+            Tried::Large(seen) => {
+                if let Some(slot) = seen.get_mut(i) {
+                    *slot = true;
+                }
+            }
+        }
     }
 }
 
@@ -189,6 +247,7 @@ fn respond(
     state: &AppState,
     index: usize,
     model: &str,
+    stats: Option<InFlight>,
 ) -> Response<Body> {
     let spec = &state.spec.backends[index];
     let body = match response.body {
@@ -203,12 +262,17 @@ fn respond(
             let started = Instant::now();
             let on_finish: OnFinish = Box::new(move |outcome, _bytes| {
                 // A cut stream is a failure of its backend; a client hanging up is not.
-                if let RelayOutcome::Failed(_) = outcome {
-                    health.record(
-                        &id,
-                        Outcome::Failure(FailureKind::Interrupted),
-                        started.elapsed(),
-                    );
+                // The strategy's in-flight count covers the whole stream.
+                match outcome {
+                    RelayOutcome::Failed(_) => {
+                        let elapsed = started.elapsed();
+                        health.record(&id, Outcome::Failure(FailureKind::Interrupted), elapsed);
+                        stats.map(InFlight::failure);
+                    }
+                    RelayOutcome::Completed => {
+                        stats.map(InFlight::success);
+                    }
+                    RelayOutcome::ClientGone => drop(stats),
                 }
             });
             Body::relay(stream, sse, Some(on_finish))

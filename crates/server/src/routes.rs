@@ -7,11 +7,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use switchyard_core::openai::Model;
 use switchyard_core::{Backend, BackendId, ErrorCode};
 use switchyard_health::{HealthPool, HealthRegistry};
+use switchyard_strategy::{Selector, StatsRegistry, StrategySettings};
 
 use crate::error::ApiError;
 
@@ -51,10 +51,21 @@ pub(crate) struct RouteTable {
 /// The backends serving one model.
 pub(crate) struct ModelRoute {
     pub(crate) model: Arc<str>,
+    /// Indexes into `RouterSpec::backends`, in the selector's order: the selector's
+    /// index `i` is backend `candidates[i]`.
     pub(crate) candidates: Vec<usize>,
+    /// Orders the candidates per request and records their stats.
+    pub(crate) selector: Selector,
     /// Health of exactly these candidates (panic routing counts within the model).
     pub(crate) health: HealthPool,
-    next: AtomicUsize,
+}
+
+/// What a route table is built with besides the spec: shared state that outlives
+/// rebuilds, so health and strategy statistics survive discovery and reloads.
+pub(crate) struct Routing<'a> {
+    pub(crate) health: &'a HealthRegistry,
+    pub(crate) stats: &'a StatsRegistry,
+    pub(crate) strategy: &'a StrategySettings,
 }
 
 /// One model of a plan and whether the body's `model` must be rewritten for it.
@@ -72,9 +83,9 @@ impl RouteTable {
     /// Build from the spec and the model lists discovered per backend index.
     pub(crate) fn build(
         spec: &RouterSpec,
-        health: &HealthRegistry,
+        routing: &Routing<'_>,
         discovered: &HashMap<usize, Vec<Model>>,
-    ) -> Self {
+    ) -> Result<Self, switchyard_strategy::Error> {
         let mut by_model: HashMap<String, Vec<usize>> = HashMap::new();
         let mut listing = Vec::new();
         let mut listed = HashSet::new();
@@ -113,20 +124,17 @@ impl RouteTable {
                     .push(Model::new(alias.clone(), spec.backends[*owner].backend.id().as_str()));
             }
         }
-        let models = by_model
-            .into_iter()
-            .map(|(name, candidates)| {
-                let pool = health.pool(candidates.iter().map(|&i| spec.backends[i].backend.id()));
-                let route = ModelRoute {
-                    model: Arc::from(name.as_str()),
-                    candidates,
-                    health: pool,
-                    next: AtomicUsize::new(0),
-                };
-                (name, Arc::new(route))
-            })
-            .collect();
-        RouteTable { models, listing }
+        let mut models = HashMap::with_capacity(by_model.len());
+        for (name, candidates) in by_model {
+            let members: Vec<switchyard_strategy::BackendSpec> =
+                candidates.iter().map(|&i| spec.backends[i].strategy_spec()).collect();
+            let selector = Selector::for_model(routing.strategy, &members, routing.stats, &name)?;
+            let health = routing.health.pool(members.iter().map(|m| &m.id));
+            let route =
+                ModelRoute { model: Arc::from(name.as_str()), candidates, selector, health };
+            models.insert(name, Arc::new(route));
+        }
+        Ok(RouteTable { models, listing })
     }
 
     /// The models backend `index` serves, sorted.
@@ -148,11 +156,11 @@ impl RouteTable {
 
     /// Resolve `requested` (alias first) and its fallback chain into a plan.
     pub(crate) fn plan(&self, spec: &RouterSpec, requested: &str) -> Result<Plan, ApiError> {
-        let primary = spec.aliases.get(requested).map_or(requested, String::as_str);
+        let primary = spec.resolve_alias(requested);
         let mut chain = vec![primary];
         let fallbacks = spec.fallbacks.get(primary).or_else(|| spec.fallbacks.get(requested));
         for model in fallbacks.into_iter().flatten() {
-            let model = spec.aliases.get(model).map_or(model.as_str(), String::as_str);
+            let model = spec.resolve_alias(model);
             if !chain.contains(&model) {
                 chain.push(model);
             }
@@ -181,12 +189,22 @@ impl RouteTable {
     }
 }
 
-impl ModelRoute {
-    /// Candidate backend indexes in round-robin order starting at the next slot.
-    pub(crate) fn ordered(&self) -> impl Iterator<Item = usize> + '_ {
-        let n = self.candidates.len();
-        let start = if n > 1 { self.next.fetch_add(1, Ordering::Relaxed) % n } else { 0 };
-        (0..n).map(move |i| self.candidates[(start + i) % n])
+impl RouterSpec {
+    /// The model `name` stands for, following alias chains (bounded, so a cycle that
+    /// slipped past validation cannot loop).
+    pub(crate) fn resolve_alias<'a>(&'a self, mut name: &'a str) -> &'a str {
+        for _ in 0..=self.aliases.len() {
+            match self.aliases.get(name) {
+                Some(target) if target != name => name = target,
+                _ => break,
+            }
+        }
+        name
+    }
+
+    /// Every backend as the strategy crate sees it.
+    pub(crate) fn strategy_specs(&self) -> Vec<switchyard_strategy::BackendSpec> {
+        self.backends.iter().map(BackendSpec::strategy_spec).collect()
     }
 }
 
@@ -194,6 +212,14 @@ impl BackendSpec {
     /// A backend serving `models` with weight 1.
     pub fn new(backend: Arc<dyn Backend>, models: Vec<String>) -> Self {
         BackendSpec { backend, models, weight: 1, url: None, kind: "custom".to_owned() }
+    }
+
+    fn strategy_spec(&self) -> switchyard_strategy::BackendSpec {
+        switchyard_strategy::BackendSpec {
+            id: self.backend.id().clone(),
+            url: self.url.clone().unwrap_or_default(),
+            weight: self.weight,
+        }
     }
 
     /// The backend's id.
@@ -224,12 +250,16 @@ mod tests {
         }
     }
 
-    fn registry(spec: &RouterSpec) -> HealthRegistry {
-        HealthRegistry::new(
+    fn table(spec: &RouterSpec, discovered: &HashMap<usize, Vec<Model>>) -> RouteTable {
+        let health = HealthRegistry::new(
             &switchyard_health::HealthSettings::default(),
             spec.backends.iter().map(|b| b.backend.id().clone()),
         )
-        .unwrap()
+        .unwrap();
+        let stats = StatsRegistry::new();
+        let strategy = StrategySettings::default();
+        let routing = Routing { health: &health, stats: &stats, strategy: &strategy };
+        RouteTable::build(spec, &routing, discovered).unwrap()
     }
 
     fn spec() -> RouterSpec {
@@ -255,7 +285,7 @@ mod tests {
         let discovered =
             HashMap::from([(2, vec![Model::new("llama3", "x"), Model::new("shared", "x")])]);
         let spec = spec();
-        let table = RouteTable::build(&spec, &registry(&spec), &discovered);
+        let table = table(&spec, &discovered);
         let ids: Vec<(&str, &str)> =
             table.listing().iter().map(|m| (m.id.as_str(), m.owned_by.as_str())).collect();
         assert_eq!(
@@ -268,7 +298,7 @@ mod tests {
     #[test]
     fn plan_follows_alias_and_fallback_chain_and_rewrites_names() {
         let spec = spec();
-        let table = RouteTable::build(&spec, &registry(&spec), &HashMap::new());
+        let table = table(&spec, &HashMap::new());
         let plan = table.plan(&spec, "gpt-4o").unwrap();
         let steps: Vec<(&str, Option<&str>)> =
             plan.steps.iter().map(|s| (&*s.route.model, s.upstream_model.as_deref())).collect();
@@ -282,12 +312,26 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_rotates_over_candidates() {
+    fn candidates_map_selector_order_to_backends() {
         let spec = spec();
-        let table = RouteTable::build(&spec, &registry(&spec), &HashMap::new());
+        let table = table(&spec, &HashMap::new());
         let route = &table.plan(&spec, "shared").unwrap().steps[0].route;
-        let firsts: Vec<usize> = (0..4).map(|_| route.ordered().next().unwrap()).collect();
+        assert_eq!(route.candidates, [0, 1]);
+        let key = switchyard_strategy::RequestKey::NONE;
+        let firsts: Vec<usize> = (0..4)
+            .map(|_| route.candidates[route.selector.select_with(&key, |_, _| true).unwrap()])
+            .collect();
         assert_eq!(firsts, [0, 1, 0, 1]);
-        assert_eq!(route.ordered().collect::<Vec<_>>().len(), 2);
+    }
+
+    #[test]
+    fn alias_chains_resolve_and_cycles_stop() {
+        let mut spec = spec();
+        spec.aliases.insert("faster".into(), "fast".into());
+        assert_eq!(spec.resolve_alias("faster"), "shared");
+        spec.aliases.insert("x".into(), "y".into());
+        spec.aliases.insert("y".into(), "x".into());
+        let end = spec.resolve_alias("x");
+        assert!(end == "x" || end == "y");
     }
 }

@@ -15,8 +15,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchyard_core::openai::{Model, ModelList};
 use switchyard_health::{HealthRegistry, HealthSettings, RetryBudget, RetrySettings};
+use switchyard_strategy::{Selector, StatsRegistry, StrategySettings};
 
-use crate::routes::{RouteTable, RouterSpec};
+use crate::routes::{RouteTable, RouterSpec, Routing};
 
 /// Settings of the HTTP server and request pipeline (the server's own settings struct;
 /// `switchyard_config` values are converted into it).
@@ -43,6 +44,8 @@ pub struct ServerSettings {
     pub retry: RetrySettings,
     /// Active health checks and the circuit breaker.
     pub health: HealthSettings,
+    /// Load-balancing strategy and its tuning.
+    pub routing: StrategySettings,
     /// How often backend model lists are refreshed. Default 300 s.
     pub model_refresh_interval: Duration,
     /// Time a backend has to answer a model-list request. Default 5 s.
@@ -55,6 +58,7 @@ pub(crate) struct AppState {
     pub(crate) spec: RouterSpec,
     pub(crate) health: HealthRegistry,
     pub(crate) budget: RetryBudget,
+    pub(crate) stats: StatsRegistry,
     table: ArcSwap<TableWithListing>,
     discovered: Mutex<HashMap<usize, Vec<Model>>>,
     request_ids: RequestIds,
@@ -84,6 +88,7 @@ impl Default for ServerSettings {
             max_connections: 10_000,
             retry: RetrySettings::default(),
             health: HealthSettings::default(),
+            routing: StrategySettings::default(),
             model_refresh_interval: Duration::from_secs(300),
             discovery_timeout: Duration::from_secs(5),
         }
@@ -96,13 +101,20 @@ impl AppState {
         let health = HealthRegistry::new(&settings.health, ids)
             .map_err(|e| crate::Error::Config(e.to_string()))?;
         let budget = RetryBudget::new(&settings.retry.budget);
+        let stats = StatsRegistry::new();
+        // Validates the strategy settings against the whole backend set (weight keys).
+        Selector::new(&settings.routing, &spec.strategy_specs(), &stats)
+            .map_err(|e| crate::Error::Config(e.to_string()))?;
         let discovered = HashMap::new();
-        let table = TableWithListing::build(&spec, &health, &discovered);
+        let routing = Routing { health: &health, stats: &stats, strategy: &settings.routing };
+        let table = TableWithListing::build(&spec, &routing, &discovered)
+            .map_err(|e| crate::Error::Config(e.to_string()))?;
         Ok(AppState {
             settings,
             spec,
             health,
             budget,
+            stats,
             table: ArcSwap::from_pointee(table),
             discovered: Mutex::new(discovered),
             request_ids: RequestIds::new(),
@@ -144,7 +156,14 @@ impl AppState {
             }
             discovered.clone()
         };
-        self.table.store(Arc::new(TableWithListing::build(&self.spec, &self.health, &snapshot)));
+        let routing =
+            Routing { health: &self.health, stats: &self.stats, strategy: &self.settings.routing };
+        match TableWithListing::build(&self.spec, &routing, &snapshot) {
+            Ok(table) => self.table.store(Arc::new(table)),
+            Err(error) => {
+                tracing::error!(%error, "cannot rebuild the route table; keeping the old one")
+            }
+        }
     }
 
     /// A request id header value: the client's own if it sent a sane one.
@@ -163,13 +182,13 @@ impl AppState {
 impl TableWithListing {
     fn build(
         spec: &RouterSpec,
-        health: &HealthRegistry,
+        routing: &Routing<'_>,
         discovered: &HashMap<usize, Vec<Model>>,
-    ) -> Self {
-        let table = RouteTable::build(spec, health, discovered);
+    ) -> Result<Self, switchyard_strategy::Error> {
+        let table = RouteTable::build(spec, routing, discovered)?;
         let list = ModelList::new(table.listing().to_vec());
         let models_json = serde_json::to_vec(&list).map(Bytes::from).unwrap_or_default();
-        TableWithListing { table, models_json }
+        Ok(TableWithListing { table, models_json })
     }
 }
 
