@@ -267,10 +267,14 @@ fn respond(
                     RelayOutcome::Failed(_) => {
                         let elapsed = started.elapsed();
                         health.record(&id, Outcome::Failure(FailureKind::Interrupted), elapsed);
-                        stats.map(InFlight::failure);
+                        if let Some(stats) = stats {
+                            stats.failure();
+                        }
                     }
                     RelayOutcome::Completed => {
-                        stats.map(InFlight::success);
+                        if let Some(stats) = stats {
+                            stats.success();
+                        }
                     }
                     RelayOutcome::ClientGone => drop(stats),
                 }
