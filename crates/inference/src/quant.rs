@@ -342,6 +342,37 @@ fn to_float_row<T: GgmlType>(b: &Blocks<T>, r: usize, out: &mut [f32]) {
     T::to_float(b.row(r), out);
 }
 
+/// Quantise `m` rows of `k` activations to `V`, in parallel for big inputs. Q8_0 (the
+/// dot-product type of Q8_0 and Q4_0 weights) goes through [`encode_q8_0`], which gives
+/// candle's `from_float` result without its per-element `roundf` calls.
+fn quantize_activations<V: GgmlType>(x: &[f32], m: usize, k: usize) -> Vec<V> {
+    let vbpr = k / V::BLCK_SIZE;
+    let mut xq = vec![V::zeros(); m * vbpr];
+    if V::DTYPE == GgmlDType::Q8_0 && std::mem::size_of::<V>() == Q8_0_BYTES {
+        let mut bytes = vec![0u8; m * vbpr * Q8_0_BYTES];
+        let encode = |(out, vals): (&mut [u8], &[f32])| {
+            if let Ok(vals) = <&[f32; 32]>::try_from(vals) {
+                encode_q8_0(vals, out);
+            }
+        };
+        if m * k >= 8192 {
+            bytes.par_chunks_mut(Q8_0_BYTES).zip(x.par_chunks(32)).for_each(encode);
+        } else {
+            bytes.chunks_mut(Q8_0_BYTES).zip(x.chunks(32)).for_each(encode);
+        }
+        copy_bytes_into(&bytes, &mut xq);
+        return xq;
+    }
+    if m * k >= 8192 {
+        xq.par_chunks_mut(vbpr).zip(x.par_chunks(k)).for_each(|(q, row)| V::from_float(row, q));
+    } else {
+        for (q, row) in xq.chunks_mut(vbpr).zip(x.chunks(k)) {
+            V::from_float(row, q);
+        }
+    }
+    xq
+}
+
 /// The shared driver: quantise the activations once to each weight's dot-product
 /// type, then compute output columns in parallel tasks over all the weights.
 fn matmul_group<T: GgmlType>(weights: &[&Blocks<T>], x: &[f32], m: usize) -> Vec<Vec<f32>> {
@@ -350,16 +381,7 @@ fn matmul_group<T: GgmlType>(weights: &[&Blocks<T>], x: &[f32], m: usize) -> Vec
     debug_assert!(weights.iter().all(|w| w.cols == k));
     debug_assert_eq!(x.len(), m * k);
     let vbpr = k / T::VecDotType::BLCK_SIZE;
-    let mut xq = vec![T::VecDotType::zeros(); m * vbpr];
-    if m * k >= 8192 {
-        xq.par_chunks_mut(vbpr)
-            .zip(x.par_chunks(k))
-            .for_each(|(q, row)| T::VecDotType::from_float(row, q));
-    } else {
-        for (q, row) in xq.chunks_mut(vbpr).zip(x.chunks(k)) {
-            T::VecDotType::from_float(row, q);
-        }
-    }
+    let xq = quantize_activations::<T::VecDotType>(x, m, k);
     // Column-major scratch: task `t` owns columns [t * COLS, (t + 1) * COLS) of one
     // weight, all m rows, so tasks write disjoint slices.
     let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; w.rows * m]).collect();
@@ -495,6 +517,17 @@ mod tests {
             assert_eq!(direct.to_f32().len(), rows * cols);
         }
         assert!(requantize_to_q8_0(GgmlDType::Q8_0, &[0; 34]).is_none());
+    }
+
+    #[test]
+    fn fast_activation_quantisation_equals_candles() {
+        for (m, k) in [(1, 64), (3, 576), (16, 1536)] {
+            let x: Vec<f32> = pseudo_random(m * k, m as u32 + 5).iter().map(|v| v * 40.0).collect();
+            let fast = quantize_activations::<BlockQ8_0>(&x, m, k);
+            let mut slow = vec![BlockQ8_0::zeros(); m * k / 32];
+            BlockQ8_0::from_float(&x, &mut slow);
+            assert!(fast == slow, "m={m} k={k}");
+        }
     }
 
     #[allow(unsafe_code)]
