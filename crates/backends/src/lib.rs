@@ -8,7 +8,12 @@
 //! - per-request time limits ([`Timeouts`]): connect, first byte, total, idle gap
 //!   between stream chunks, total stream time;
 //! - the OpenAI-compatible adapter ([`OpenAiBackend`]) for OpenAI, vLLM, Ollama,
-//!   llama.cpp server, LM Studio and LocalAI.
+//!   llama.cpp server, LM Studio and LocalAI;
+//! - the Anthropic and Gemini adapters ([`AnthropicBackend`], [`GeminiBackend`]),
+//!   which translate OpenAI chat requests and answers (streams included);
+//! - the translation itself as pure functions (request in, request out; event in,
+//!   events out), including the inbound Anthropic Messages API the server offers on
+//!   `/v1/messages` ([`messages_to_chat_request`], [`ChatToMessagesStream`], ...).
 //!
 //! Every adapter implements [`switchyard_core::Backend`]. Bodies that need no
 //! translation are forwarded as the original bytes; streams are relayed chunk by chunk
@@ -35,12 +40,33 @@
 //! # Ok::<(), switchyard_backends::Error>(())
 //! ```
 
+mod anthropic;
 mod client;
 mod error;
+mod gemini;
 mod openai;
+mod remote;
+mod translate;
 mod upstream;
 
 pub use client::{ClientFactory, ClientSettings, HttpVersion};
 pub use error::{Error, Result};
 pub use openai::{OpenAiBackend, OpenAiSettings};
 pub use upstream::{Timeouts, retry_after};
+
+pub use anthropic::{AnthropicBackend, AnthropicSettings, DEFAULT_ANTHROPIC_VERSION};
+pub use gemini::{GeminiBackend, GeminiSettings};
+pub use translate::ChunkOptions;
+pub use translate::anthropic::{
+    AnthropicToChatStream, DEFAULT_MAX_TOKENS, anthropic_error_to_openai,
+    anthropic_to_chat_completion, chat_to_anthropic,
+};
+pub use translate::gemini::{
+    GeminiRequest, GeminiToChatStream, chat_to_gemini, gemini_error_to_openai,
+    gemini_to_chat_completion,
+};
+pub use translate::messages::{
+    ChatToMessagesStream, IMAGE_TOKEN_ESTIMATE, MessagesStreamOptions, chat_completion_to_message,
+    chat_error_to_messages, chat_stream_to_messages, estimate_message_tokens, messages_error_body,
+    messages_error_event, messages_to_chat_request,
+};
