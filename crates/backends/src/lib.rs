@@ -49,13 +49,11 @@ mod remote;
 mod translate;
 mod upstream;
 
+pub use anthropic::{AnthropicBackend, AnthropicSettings, DEFAULT_ANTHROPIC_VERSION};
 pub use client::{ClientFactory, ClientSettings, HttpVersion};
 pub use error::{Error, Result};
-pub use openai::{OpenAiBackend, OpenAiSettings};
-pub use upstream::{Timeouts, retry_after};
-
-pub use anthropic::{AnthropicBackend, AnthropicSettings, DEFAULT_ANTHROPIC_VERSION};
 pub use gemini::{GeminiBackend, GeminiSettings};
+pub use openai::{OpenAiBackend, OpenAiSettings};
 pub use translate::ChunkOptions;
 pub use translate::anthropic::{
     AnthropicToChatStream, DEFAULT_MAX_TOKENS, anthropic_error_to_openai,
@@ -70,3 +68,4 @@ pub use translate::messages::{
     chat_error_to_messages, chat_stream_to_messages, estimate_message_tokens, messages_error_body,
     messages_error_event, messages_to_chat_request,
 };
+pub use upstream::{Timeouts, retry_after};

@@ -45,6 +45,24 @@ pub struct MessagesStreamOptions {
 /// [`messages_error_event`]. Only choice 0 is translated. `reasoning_content` deltas
 /// are not relayed (Anthropic thinking blocks need signatures a translation cannot
 /// produce).
+///
+/// ```
+/// use bytes::BytesMut;
+/// use switchyard_backends::{ChatToMessagesStream, MessagesStreamOptions};
+///
+/// let options = MessagesStreamOptions { model: "claude-sonnet-4".into(), input_tokens: 9 };
+/// let mut translator = ChatToMessagesStream::new(options);
+/// let mut out = BytesMut::new();
+/// // Any split of the backend's bytes gives the same events.
+/// translator.push(b"data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\nda", &mut out)?;
+/// translator.push(b"ta: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n", &mut out)?;
+/// translator.finish(&mut out)?;
+/// let text = String::from_utf8(out.to_vec()).unwrap();
+/// let names: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+/// assert_eq!(names, ["message_start", "content_block_start", "content_block_delta",
+///                    "content_block_stop", "message_delta", "message_stop"]);
+/// # Ok::<(), switchyard_core::BackendError>(())
+/// ```
 #[derive(Debug)]
 pub struct ChatToMessagesStream(Framed<StreamState>);
 
@@ -260,6 +278,18 @@ enum DeltaOut<'a> {
 }
 
 /// Translate an Anthropic Messages request into an OpenAI chat completions request.
+///
+/// ```
+/// let chat = switchyard_backends::messages_to_chat_request(
+///     br#"{"model":"claude-sonnet-4","max_tokens":64,"system":"be brief",
+///          "messages":[{"role":"user","content":"hi"}]}"#,
+/// )?;
+/// assert_eq!(
+///     &chat[..],
+///     br#"{"model":"claude-sonnet-4","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}],"max_tokens":64}"#
+/// );
+/// # Ok::<(), switchyard_core::BackendError>(())
+/// ```
 ///
 /// `system` becomes a system message; `tool_result` blocks become `tool` messages
 /// (placed before the rest of their user turn, as OpenAI requires); `tool_use` blocks
@@ -496,6 +526,7 @@ impl StreamState {
         }
         self.started = true;
         let model = if self.model.is_empty() { model } else { &self.model };
+        let id = if id.is_empty() { "msg_switchyard" } else { id };
         let start = json!({
             "type": "message_start",
             "message": {
