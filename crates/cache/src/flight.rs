@@ -104,6 +104,8 @@ struct Flight {
     /// The producer waits here for subscribers to make room.
     space: Notify,
     abort: OnceLock<AbortHandle>,
+    /// The answer came from a store (Redis) rather than the upstream.
+    from_store: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Debug)]
@@ -295,6 +297,7 @@ where
     let _guard = DriveGuard { flight: Arc::clone(&flight) };
     if redis && let Some(store) = &store {
         if let Some(found) = store.redis_get(&flight.key).await {
+            flight.from_store.store(true, std::sync::atomic::Ordering::Release);
             flight.begin(if found.is_stream() { BodyKind::Stream } else { BodyKind::Full });
             for chunk in found.chunks() {
                 if !flight.push(chunk.clone()).await {
@@ -370,6 +373,7 @@ impl Flight {
             changed: Notify::new(),
             space: Notify::new(),
             abort: OnceLock::new(),
+            from_store: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -558,6 +562,18 @@ impl Subscription {
     /// How this request got its answer.
     pub fn role(&self) -> JoinRole {
         self.role
+    }
+
+    /// Whether the answer is a stored one: [`JoinRole::Cached`], or a flight that found
+    /// it in Redis instead of calling the upstream (known once [`ready`](Self::ready)
+    /// returned).
+    pub fn from_store(&self) -> bool {
+        match &self.source {
+            Source::Flight { flight, .. } => {
+                flight.from_store.load(std::sync::atomic::Ordering::Acquire)
+            }
+            _ => self.role == JoinRole::Cached,
+        }
     }
 
     /// Wait until the upstream response head is known: the body kind, or the error

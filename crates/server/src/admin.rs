@@ -50,7 +50,7 @@ pub(crate) fn backends(state: &AppState) -> Vec<u8> {
                 kind: &spec.kind,
                 url: spec.url.as_deref(),
                 weight: spec.weight,
-                models: table.table.models_of(index),
+                models: table.models_of(index),
                 stats: stat.map(|p| stats.swap_remove(p)),
                 health: position.map(|p| health.swap_remove(p)),
             }

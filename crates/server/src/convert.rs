@@ -7,6 +7,9 @@ use std::sync::Arc;
 use switchyard_backends::{
     ClientFactory, ClientSettings, HttpVersion, OpenAiBackend, OpenAiSettings, Timeouts,
 };
+use switchyard_cache::{
+    CacheSettings, DedupMode, DedupSettings, RedisSettings, ResponseCacheSettings,
+};
 use switchyard_config::{BackendConfig, BackendType, Config, Http2Mode};
 use switchyard_core::Backend;
 use switchyard_health::{
@@ -35,11 +38,48 @@ pub fn server_settings(config: &Config) -> ServerSettings {
         retry: retry_settings(config),
         health: health_settings(config),
         routing: strategy_settings(config),
-        model_refresh_interval: config.cache.model_cache_ttl,
-        discovery_timeout: config
-            .request
-            .first_byte_timeout
-            .min(config.health_checks.timeout.max(std::time::Duration::from_secs(1))),
+        cache: cache_settings(config),
+    }
+}
+
+/// Model-list cache, de-duplication, response cache and Redis (`cache.*`).
+pub(crate) fn cache_settings(config: &Config) -> CacheSettings {
+    let cache = &config.cache;
+    let dedup = &cache.deduplication;
+    let default_mode =
+        if dedup.deterministic_only { DedupMode::Deterministic } else { DedupMode::Always };
+    let defaults = CacheSettings::default();
+    CacheSettings {
+        model_cache_ttl: cache.model_cache_ttl,
+        model_cache_max_stale: cache.model_cache_max_stale,
+        // A model list is a zero-token call: give it the probe's time limit.
+        model_fetch_timeout: config.health_checks.timeout.max(std::time::Duration::from_secs(1)),
+        deduplication: DedupSettings {
+            enabled: dedup.enabled,
+            ttl: dedup.ttl,
+            mode: default_mode,
+            // `true` shares a model's identical requests even when sampling is random;
+            // `false` never shares them.
+            models: dedup
+                .models
+                .iter()
+                .map(|(model, on)| {
+                    (model.clone(), if *on { DedupMode::Always } else { DedupMode::Off })
+                })
+                .collect(),
+            ..defaults.deduplication
+        },
+        response: ResponseCacheSettings {
+            enabled: cache.response.enabled,
+            ttl: cache.response.ttl,
+            max_bytes: usize::try_from(cache.response.max_bytes).unwrap_or(usize::MAX),
+            models: cache.response.models.clone(),
+        },
+        redis: RedisSettings {
+            url: cache.redis.url.as_ref().map(|url| url.expose().to_owned()),
+            key_prefix: cache.redis.key_prefix.clone(),
+            timeout: cache.redis.timeout,
+        },
     }
 }
 

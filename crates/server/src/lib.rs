@@ -34,6 +34,7 @@
 //! ```
 
 mod admin;
+mod attempts;
 mod body;
 mod convert;
 mod error;

@@ -1,31 +1,26 @@
 //! The request pipeline for `/v1/chat/completions`, `/v1/completions` and
-//! `/v1/embeddings`: read the body, read the routing fields, resolve the model, try
-//! candidates in order, relay the answer.
+//! `/v1/embeddings`: read the body, read the routing fields, resolve the model, then
+//! either try candidates for this request alone or share one upstream call with
+//! identical requests (de-duplication, response cache), and relay the answer.
 //!
-//! Retries happen only before anything reached the client: on connect errors,
-//! timeouts, retryable statuses (429, 500, 502, 503, 504) and streams that fail before
-//! their first chunk. Once a chunk has been sent, a failure ends the stream with an
-//! error event (see [`crate::body`]).
+//! Retries happen only before anything reached the client (see [`crate::attempts`]);
+//! once a chunk has been sent, a failure ends the stream with an error event (see
+//! [`crate::body`]).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use http::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use switchyard_core::{
-    BackendRequest, BackendResponse, BodyStream, Classify, Endpoint, ErrorCode, RequestMeta,
-    ResponseBody,
-};
+use switchyard_cache::{BodyKind, JoinRole, Plan as CachePlan, SharePlan};
+use switchyard_core::{BackendResponse, Endpoint, ErrorCode, RequestMeta, ResponseBody};
+use switchyard_strategy::RequestKey;
 
-use switchyard_health::{FailureKind, Outcome};
-use switchyard_strategy::{InFlight, RequestKey};
-use tokio::time::Instant;
-
-use crate::body::{Body, OnFinish, RelayOutcome};
+use crate::attempts::{Answer, Job, status_error};
+use crate::body::Body;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -34,14 +29,13 @@ pub(crate) const BACKEND_HEADER: HeaderName = HeaderName::from_static("x-switchy
 /// Response header naming the model that answered (differs from the requested one
 /// after an alias or a fallback).
 pub(crate) const MODEL_HEADER: HeaderName = HeaderName::from_static("x-switchyard-model");
+/// Response header saying how a shared answer was obtained: `miss` (this request
+/// called the backend), `shared` (it joined an identical call in flight) or `hit`
+/// (a stored answer).
+pub(crate) const CACHE_STATUS_HEADER: HeaderName =
+    HeaderName::from_static("x-switchyard-cache-status");
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-
-/// The last failure seen while trying candidates.
-enum Failure {
-    Response(BackendResponse, usize),
-    Error(ApiError),
-}
 
 /// Handle one proxied request.
 pub(crate) async fn proxy(
@@ -54,201 +48,72 @@ pub(crate) async fn proxy(
     check_content_type(&parts.headers)?;
     let bytes = read_body(&state, &parts.headers, body).await?;
     let meta = RequestMeta::parse(endpoint, &bytes)?;
-    let tables = state.table();
-    let plan = tables.table.plan(&state.spec, &meta.model)?;
-
-    let mut forward = HeaderMap::with_capacity(2);
-    forward.insert(REQUEST_ID, request_id);
-    if let Some(trace) = parts.headers.get(TRACEPARENT) {
-        forward.insert(TRACEPARENT, trace.clone());
-    }
-
+    let plan = state.table().plan(&state.spec, &meta.model)?;
     let session = parts
         .headers
         .get(state.settings.routing.consistent_hash.header.as_str())
         .and_then(|v| v.to_str().ok());
     let key = RequestKey::from_meta(session, &meta);
 
-    state.budget.deposit();
-    let max_attempts = state.settings.retry.max_retries as usize + 1;
-    let mut attempts = 0;
-    let mut supported = false;
-    let mut last: Option<Failure> = None;
-    'plan: for step in &plan.steps {
-        let route = &step.route;
-        let mut tried = Tried::new(route.candidates.len());
-        loop {
-            if attempts == max_attempts {
-                break 'plan;
-            }
-            // The strategy's order, filtered by what this request may use now.
-            let pick = route.selector.select_with(&key, |i, candidate| {
-                if tried.contains(i) {
-                    return false;
-                }
-                if !state.spec.backends[route.candidates[i]].backend.supports(endpoint) {
-                    return false;
-                }
-                supported = true;
-                route.health.is_available(&candidate.id)
-            });
-            let Some(i) = pick else { break };
-            tried.insert(i);
-            let index = route.candidates[i];
-            let spec = &state.spec.backends[index];
-            let backend = spec.backend.id();
-            let Some(admission) = route.health.admit(backend) else { continue };
-            if attempts > 0 {
-                if !state.budget.try_withdraw() {
-                    tracing::debug!(%backend, "retry budget exhausted");
-                    break 'plan;
-                }
-                tokio::time::sleep(state.settings.retry.backoff(attempts as u32 - 1)).await;
-            }
-            attempts += 1;
-            let mut stats = route.selector.start(i);
-            let request = BackendRequest {
-                endpoint,
-                body: bytes.clone(),
-                meta: meta.clone(),
-                upstream_model: step.upstream_model.clone(),
-                headers: forward.clone(),
-            };
-            let started = Instant::now();
-            let response = match spec.backend.send(request).await {
-                Ok(response) => response,
-                Err(error) => {
-                    admission.record(Outcome::from_error(&error), started.elapsed());
-                    stats.failure();
-                    tracing::debug!(%backend, code = %error.code, "attempt failed");
-                    if !error.retryable() {
-                        return Err(error.into());
-                    }
-                    last = Some(Failure::Error(error.into()));
-                    continue;
-                }
-            };
-            let head = started.elapsed();
-            if retryable_status(response.status) {
-                let wait = switchyard_backends::retry_after(&response.headers);
-                admission.record(Outcome::from_status(response.status.as_u16(), wait), head);
-                stats.failure();
-                tracing::debug!(%backend, status = response.status.as_u16(), "attempt failed");
-                last = Some(Failure::Response(response, index));
-                continue;
-            }
-            let response = match response.body {
-                ResponseBody::Full(_) => {
-                    admission.record(Outcome::from_status(response.status.as_u16(), None), head);
-                    stats.record_latency(head);
-                    stats.success();
-                    response
-                }
-                ResponseBody::Stream(stream) => match first_chunk(stream).await {
-                    Ok(stream) => {
-                        let first = started.elapsed();
-                        admission.record(Outcome::Success, first);
-                        stats.record_latency(first);
-                        let body = ResponseBody::Stream(stream);
-                        return Ok(respond(
-                            BackendResponse { body, ..response },
-                            &state,
-                            index,
-                            &route.model,
-                            Some(stats),
-                        ));
-                    }
-                    Err(error) => {
-                        admission
-                            .record(Outcome::Failure(FailureKind::Interrupted), started.elapsed());
-                        stats.failure();
-                        tracing::debug!(%backend, code = %error.code, "stream failed before its first byte");
-                        last = Some(Failure::Error(error));
-                        continue;
-                    }
-                },
-            };
-            return Ok(respond(response, &state, index, &route.model, None));
-        }
+    let mut forward = HeaderMap::with_capacity(2);
+    forward.insert(REQUEST_ID, request_id);
+    if let Some(trace) = parts.headers.get(TRACEPARENT) {
+        forward.insert(TRACEPARENT, trace.clone());
     }
-    match last {
-        Some(Failure::Response(response, index)) => {
-            let model = plan.steps[0].route.model.clone();
-            Ok(respond(response, &state, index, &model, None))
+    // Tenants arrive with client authentication; until then every client is one tenant.
+    let tenant = "";
+    let cache_plan = state.caches.plan(tenant, endpoint, &meta, &parts.headers, &bytes);
+    let job = Job { state: state.clone(), endpoint, body: bytes, meta, key, forward, plan };
+    match cache_plan {
+        CachePlan::Bypass => {
+            let answer = job.run().await?;
+            Ok(respond(answer, &state))
         }
-        Some(Failure::Error(error)) => Err(error),
-        None if supported => Err(ApiError::new(
-            ErrorCode::NoHealthyBackend,
-            format!("no healthy backend can serve `{}` right now", meta.model),
-        )),
-        None => Err(ApiError::new(
-            ErrorCode::Unsupported,
-            format!("no backend of `{}` serves {}", meta.model, endpoint.path()),
-        )),
+        CachePlan::Share(share) => shared(&state, share, job).await,
     }
 }
 
-/// Which candidates of one model this request has tried: a bitmask up to 128, a
-/// vector beyond (no allocation for the common case).
-enum Tried {
-    Small(u128),
-    Large(Vec<bool>),
-}
-
-impl Tried {
-    fn new(candidates: usize) -> Self {
-        if candidates <= 128 { Tried::Small(0) } else { Tried::Large(vec![false; candidates]) }
-    }
-
-    fn contains(&self, i: usize) -> bool {
-        match self {
-            Tried::Small(bits) => bits & (1u128 << i) != 0,
-            Tried::Large(seen) => seen.get(i).copied().unwrap_or(true),
+/// Share one upstream call among identical requests: the first runs the job on a task
+/// no client owns, the others follow it (streams replayed from the start), and a stored
+/// answer serves later ones. Only complete successful answers are stored.
+async fn shared(state: &AppState, share: SharePlan, job: Job) -> Result<Response<Body>, ApiError> {
+    let mut subscription = state.caches.share(share, move || async move {
+        let answer = job.run().await?;
+        let BackendResponse { status, headers, body } = answer.response;
+        if status.is_success() {
+            return Ok(body);
         }
-    }
-
-    fn insert(&mut self, i: usize) {
-        match self {
-            Tried::Small(bits) => *bits |= 1u128 << i,
-            Tried::Large(seen) => {
-                if let Some(slot) = seen.get_mut(i) {
-                    *slot = true;
-                }
-            }
-        }
-    }
+        let bytes = match body {
+            ResponseBody::Full(bytes) => bytes,
+            ResponseBody::Stream(_) => Bytes::new(),
+        };
+        Err(status_error(status, &bytes, switchyard_backends::retry_after(&headers)))
+    });
+    let kind = subscription.ready().await?;
+    let role = match subscription.role() {
+        _ if subscription.from_store() => "hit",
+        JoinRole::Leader => "miss",
+        JoinRole::Follower => "shared",
+        _ => "hit",
+    };
+    let body = match subscription.into_body().await? {
+        ResponseBody::Full(bytes) => Body::full(bytes),
+        ResponseBody::Stream(stream) => Body::relay(stream, true, None),
+    };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    let content_type = match kind {
+        BodyKind::Stream => "text/event-stream",
+        _ => "application/json",
+    };
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(CACHE_STATUS_HEADER, HeaderValue::from_static(role));
+    Ok(response)
 }
 
-/// Wait for a stream's first chunk. A stream that fails (or sends an error event)
-/// before it is a failed attempt that may be retried; otherwise the chunk is put back.
-async fn first_chunk(mut stream: BodyStream) -> Result<BodyStream, ApiError> {
-    match stream.next().await {
-        Some(Ok(first)) => {
-            if first.starts_with(b"data: {\"error\"") || first.starts_with(b"event: error") {
-                return Err(ApiError::new(
-                    ErrorCode::UpstreamStatus,
-                    "the backend's stream began with an error event",
-                ));
-            }
-            let head = futures_util::stream::once(async move { Ok::<Bytes, _>(first) });
-            Ok(Box::pin(head.chain(stream)))
-        }
-        Some(Err(error)) => Err(error.into()),
-        None => Ok(Box::pin(futures_util::stream::empty())),
-    }
-}
-
-fn retryable_status(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
-}
-
-fn respond(
-    response: BackendResponse,
-    state: &AppState,
-    index: usize,
-    model: &str,
-    stats: Option<InFlight>,
-) -> Response<Body> {
+fn respond(answer: Answer, state: &AppState) -> Response<Body> {
+    let Answer { response, index, model } = answer;
     let spec = &state.spec.backends[index];
     let body = match response.body {
         ResponseBody::Full(bytes) => Body::full(bytes),
@@ -257,29 +122,7 @@ fn respond(
                 .headers
                 .get(header::CONTENT_TYPE)
                 .is_none_or(|v| v.as_bytes().starts_with(b"text/event-stream"));
-            let health = state.health.clone();
-            let id = spec.backend.id().clone();
-            let started = Instant::now();
-            let on_finish: OnFinish = Box::new(move |outcome, _bytes| {
-                // A cut stream is a failure of its backend; a client hanging up is not.
-                // The strategy's in-flight count covers the whole stream.
-                match outcome {
-                    RelayOutcome::Failed(_) => {
-                        let elapsed = started.elapsed();
-                        health.record(&id, Outcome::Failure(FailureKind::Interrupted), elapsed);
-                        if let Some(stats) = stats {
-                            stats.failure();
-                        }
-                    }
-                    RelayOutcome::Completed => {
-                        if let Some(stats) = stats {
-                            stats.success();
-                        }
-                    }
-                    RelayOutcome::ClientGone => drop(stats),
-                }
-            });
-            Body::relay(stream, sse, Some(on_finish))
+            Body::relay(stream, sse, None)
         }
     };
     let mut out = Response::new(body);
@@ -289,7 +132,7 @@ fn respond(
     if let Ok(name) = HeaderValue::from_str(spec.backend.id().as_str()) {
         headers.insert(BACKEND_HEADER, name);
     }
-    if let Ok(model) = HeaderValue::from_str(model) {
+    if let Ok(model) = HeaderValue::from_str(&model) {
         headers.insert(MODEL_HEADER, model);
     }
     if response.status.is_success() && !headers.contains_key(header::CACHE_CONTROL) {
@@ -351,25 +194,9 @@ pub(crate) async fn read_body(
     }
 }
 
-impl From<ApiError> for Failure {
-    fn from(error: ApiError) -> Self {
-        Failure::Error(error)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_transient_statuses_are_retried() {
-        for status in [429, 500, 502, 503, 504] {
-            assert!(retryable_status(StatusCode::from_u16(status).unwrap()), "{status}");
-        }
-        for status in [200, 400, 401, 404, 413, 501] {
-            assert!(!retryable_status(StatusCode::from_u16(status).unwrap()), "{status}");
-        }
-    }
 
     #[test]
     fn content_type_must_be_json_when_given() {
@@ -383,29 +210,5 @@ mod tests {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         let err = check_content_type(&headers).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnsupportedMediaType);
-    }
-
-    #[tokio::test]
-    async fn stream_failing_before_first_chunk_is_retryable() {
-        let failing: BodyStream = Box::pin(futures_util::stream::once(async {
-            Err(switchyard_core::BackendError::new(ErrorCode::UpstreamUnavailable, "reset"))
-        }));
-        let err = first_chunk(failing).await.err().unwrap();
-        assert!(err.code.retryable());
-
-        let error_event: BodyStream = Box::pin(futures_util::stream::once(async {
-            Ok(Bytes::from_static(b"data: {\"error\":{}}\n\n"))
-        }));
-        assert!(first_chunk(error_event).await.is_err());
-
-        let ok: BodyStream = Box::pin(futures_util::stream::iter(vec![
-            Ok(Bytes::from_static(b"data: 1\n\n")),
-            Ok(Bytes::from_static(b"data: 2\n\n")),
-        ]));
-        let chunks: Vec<_> = first_chunk(ok).await.unwrap().map(|c| c.unwrap()).collect().await;
-        assert_eq!(
-            chunks,
-            vec![Bytes::from_static(b"data: 1\n\n"), Bytes::from_static(b"data: 2\n\n")]
-        );
     }
 }

@@ -84,7 +84,7 @@ impl RouteTable {
     pub(crate) fn build(
         spec: &RouterSpec,
         routing: &Routing<'_>,
-        discovered: &HashMap<usize, Vec<Model>>,
+        discovered: &HashMap<usize, Arc<[Model]>>,
     ) -> Result<Self, switchyard_strategy::Error> {
         let mut by_model: HashMap<String, Vec<usize>> = HashMap::new();
         let mut listing = Vec::new();
@@ -187,6 +187,16 @@ impl RouteTable {
     pub(crate) fn serves(&self, model: &str) -> bool {
         self.models.contains_key(model)
     }
+
+    /// Whether a backend that may take traffic now serves `model` (aliases followed).
+    pub(crate) fn is_served(&self, spec: &RouterSpec, model: &str) -> bool {
+        self.models.get(spec.resolve_alias(model)).is_some_and(|route| {
+            route
+                .candidates
+                .iter()
+                .any(|&i| route.health.is_available(spec.backends[i].backend.id()))
+        })
+    }
 }
 
 impl RouterSpec {
@@ -250,7 +260,7 @@ mod tests {
         }
     }
 
-    fn table(spec: &RouterSpec, discovered: &HashMap<usize, Vec<Model>>) -> RouteTable {
+    fn table(spec: &RouterSpec, discovered: &HashMap<usize, Arc<[Model]>>) -> RouteTable {
         let health = HealthRegistry::new(
             &switchyard_health::HealthSettings::default(),
             spec.backends.iter().map(|b| b.backend.id().clone()),
@@ -282,8 +292,10 @@ mod tests {
 
     #[test]
     fn merges_configured_and_discovered_models_without_duplicates() {
-        let discovered =
-            HashMap::from([(2, vec![Model::new("llama3", "x"), Model::new("shared", "x")])]);
+        let discovered = HashMap::from([(
+            2,
+            Arc::from(vec![Model::new("llama3", "x"), Model::new("shared", "x")]),
+        )]);
         let spec = spec();
         let table = table(&spec, &discovered);
         let ids: Vec<(&str, &str)> =

@@ -27,7 +27,7 @@ pub struct Server {
 
 impl Server {
     /// Bind the listening socket and learn the backends' models (each backend without
-    /// configured models is asked once, within `discovery_timeout`).
+    /// configured models is asked through the model cache).
     pub async fn bind(settings: ServerSettings, spec: RouterSpec) -> Result<Self> {
         let address = settings.bind_address;
         let listener = TcpListener::bind(address)
@@ -156,12 +156,15 @@ async fn prewarm_on_recovery(state: Arc<AppState>) {
 }
 
 async fn refresh_models(state: Arc<AppState>) {
-    let period = state.settings.model_refresh_interval.max(std::time::Duration::from_secs(1));
+    // Keep routes current without /v1/models traffic: the model cache refreshes stale
+    // lists in the background (stale-while-revalidate) whenever it is looked up.
+    let period = (state.settings.cache.model_cache_ttl / 2).max(std::time::Duration::from_secs(1));
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
         state.discover_models().await;
+        state.caches.purge_expired();
     }
 }
 

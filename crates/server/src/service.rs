@@ -49,7 +49,9 @@ async fn dispatch(
         }
         "/v1/models" | "/models" => {
             allow_get(&request)?;
-            Ok(json(StatusCode::OK, state.table().models_json.clone()))
+            // Served from the model cache; stale lists are refreshed in the background.
+            state.discover_models().await;
+            Ok(json(StatusCode::OK, state.models_json()))
         }
         "/admin/health" => {
             allow_get(&request)?;

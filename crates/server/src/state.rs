@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use futures_util::future::join_all;
 use http::HeaderValue;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use switchyard_cache::{CacheSettings, Caches};
+use switchyard_core::Backend;
 use switchyard_core::openai::{Model, ModelList};
 use switchyard_health::{HealthRegistry, HealthSettings, RetryBudget, RetrySettings};
 use switchyard_strategy::{Selector, StatsRegistry, StrategySettings};
@@ -46,10 +47,8 @@ pub struct ServerSettings {
     pub health: HealthSettings,
     /// Load-balancing strategy and its tuning.
     pub routing: StrategySettings,
-    /// How often backend model lists are refreshed. Default 300 s.
-    pub model_refresh_interval: Duration,
-    /// Time a backend has to answer a model-list request. Default 5 s.
-    pub discovery_timeout: Duration,
+    /// Model-list cache, de-duplication, response cache and Redis.
+    pub cache: CacheSettings,
 }
 
 /// Everything a request handler needs.
@@ -59,15 +58,12 @@ pub(crate) struct AppState {
     pub(crate) health: HealthRegistry,
     pub(crate) budget: RetryBudget,
     pub(crate) stats: StatsRegistry,
-    table: ArcSwap<TableWithListing>,
-    discovered: Mutex<HashMap<usize, Vec<Model>>>,
+    table: ArcSwap<RouteTable>,
+    discovered: Mutex<HashMap<usize, Arc<[Model]>>>,
+    /// Backends without configured models, whose lists come from the model cache.
+    discovering: Vec<usize>,
+    pub(crate) caches: Caches,
     request_ids: RequestIds,
-}
-
-/// A route table and its `/v1/models` body, serialised once per rebuild.
-pub(crate) struct TableWithListing {
-    pub(crate) table: RouteTable,
-    pub(crate) models_json: Bytes,
 }
 
 /// Request ids: a per-process random prefix and a counter. Unique, cheap, not secret.
@@ -89,8 +85,7 @@ impl Default for ServerSettings {
             retry: RetrySettings::default(),
             health: HealthSettings::default(),
             routing: StrategySettings::default(),
-            model_refresh_interval: Duration::from_secs(300),
-            discovery_timeout: Duration::from_secs(5),
+            cache: CacheSettings::default(),
         }
     }
 }
@@ -105,9 +100,18 @@ impl AppState {
         // Validates the strategy settings against the whole backend set (weight keys).
         Selector::new(&settings.routing, &spec.strategy_specs(), &stats)
             .map_err(|e| crate::Error::Config(e.to_string()))?;
+        let caches =
+            Caches::new(&settings.cache).map_err(|e| crate::Error::Config(e.to_string()))?;
+        let discovering = spec
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.models.is_empty())
+            .map(|(i, _)| i)
+            .collect();
         let discovered = HashMap::new();
         let routing = Routing { health: &health, stats: &stats, strategy: &settings.routing };
-        let table = TableWithListing::build(&spec, &routing, &discovered)
+        let table = RouteTable::build(&spec, &routing, &discovered)
             .map_err(|e| crate::Error::Config(e.to_string()))?;
         Ok(AppState {
             settings,
@@ -117,53 +121,67 @@ impl AppState {
             stats,
             table: ArcSwap::from_pointee(table),
             discovered: Mutex::new(discovered),
+            discovering,
+            caches,
             request_ids: RequestIds::new(),
         })
     }
 
     /// The current route table.
-    pub(crate) fn table(&self) -> Arc<TableWithListing> {
+    pub(crate) fn table(&self) -> Arc<RouteTable> {
         self.table.load_full()
     }
 
     /// Ask every backend without configured models for its list, concurrently, and
     /// rebuild the table. A backend that fails keeps its last good list.
     pub(crate) async fn discover_models(&self) {
-        let timeout = self.settings.discovery_timeout;
-        let asks = self.spec.backends.iter().enumerate().filter(|(_, b)| b.models.is_empty()).map(
-            |(index, spec)| async move {
-                let result = tokio::time::timeout(timeout, spec.backend.models()).await;
-                (index, spec.backend.id().clone(), result)
-            },
-        );
-        let results = join_all(asks).await;
-        if results.is_empty() {
+        if self.discovering.is_empty() {
             return;
         }
-        let snapshot = {
-            let mut discovered = self.discovered.lock();
-            for (index, id, result) in results {
-                match result {
-                    Ok(Ok(models)) => {
-                        tracing::debug!(backend = %id, models = models.len(), "discovered models");
-                        discovered.insert(index, models);
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(backend = %id, %error, "model discovery failed");
-                    }
-                    Err(_) => tracing::warn!(backend = %id, "model discovery timed out"),
-                }
+        let backends: Vec<Arc<dyn Backend>> =
+            self.discovering.iter().map(|&i| self.spec.backends[i].backend.clone()).collect();
+        let lists = self.caches.models.lookup(&backends).await;
+        let mut found: HashMap<usize, Arc<[Model]>> = HashMap::with_capacity(lists.len());
+        for list in lists {
+            if let Some(&index) = self
+                .discovering
+                .iter()
+                .find(|&&i| *self.spec.backends[i].backend.id() == list.backend)
+            {
+                found.insert(index, list.models);
             }
-            discovered.clone()
-        };
+        }
+        {
+            let mut discovered = self.discovered.lock();
+            let same = discovered.len() == found.len()
+                && found.iter().all(|(i, models)| {
+                    discovered.get(i).is_some_and(|old| Arc::ptr_eq(old, models) || old == models)
+                });
+            if same {
+                return;
+            }
+            *discovered = found.clone();
+        }
         let routing =
             Routing { health: &self.health, stats: &self.stats, strategy: &self.settings.routing };
-        match TableWithListing::build(&self.spec, &routing, &snapshot) {
+        match RouteTable::build(&self.spec, &routing, &found) {
             Ok(table) => self.table.store(Arc::new(table)),
             Err(error) => {
                 tracing::error!(%error, "cannot rebuild the route table; keeping the old one")
             }
         }
+    }
+
+    /// The `/v1/models` body: the merged list, without models no healthy backend serves.
+    pub(crate) fn models_json(&self) -> Bytes {
+        let table = self.table();
+        let data: Vec<Model> = table
+            .listing()
+            .iter()
+            .filter(|model| table.is_served(&self.spec, &model.id))
+            .cloned()
+            .collect();
+        serde_json::to_vec(&ModelList::new(data)).map(Bytes::from).unwrap_or_default()
     }
 
     /// A request id header value: the client's own if it sent a sane one.
@@ -176,19 +194,6 @@ impl AppState {
             }
         }
         self.request_ids.next()
-    }
-}
-
-impl TableWithListing {
-    fn build(
-        spec: &RouterSpec,
-        routing: &Routing<'_>,
-        discovered: &HashMap<usize, Vec<Model>>,
-    ) -> Result<Self, switchyard_strategy::Error> {
-        let table = RouteTable::build(spec, routing, discovered)?;
-        let list = ModelList::new(table.listing().to_vec());
-        let models_json = serde_json::to_vec(&list).map(Bytes::from).unwrap_or_default();
-        Ok(TableWithListing { table, models_json })
     }
 }
 

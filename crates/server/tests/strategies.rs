@@ -134,7 +134,8 @@ async fn consistent_hash_keeps_a_session_on_one_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_connections_balances_in_flight_requests() {
     let slow = || ok().delay(ms(300));
-    let fleet = Fleet::start(StrategyKind::LeastConnections, [slow(), slow(), slow()], [1, 1, 1]).await;
+    let fleet =
+        Fleet::start(StrategyKind::LeastConnections, [slow(), slow(), slow()], [1, 1, 1]).await;
     fleet.concurrent(12).await;
     assert_eq!(fleet.counts(), [4, 4, 4]);
 }
@@ -142,7 +143,8 @@ async fn least_connections_balances_in_flight_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_of_two_choices_avoids_piling_onto_one_backend() {
     let slow = || ok().delay(ms(300));
-    let fleet = Fleet::start(StrategyKind::PowerOfTwoChoices, [slow(), slow(), slow()], [1, 1, 1]).await;
+    let fleet =
+        Fleet::start(StrategyKind::PowerOfTwoChoices, [slow(), slow(), slow()], [1, 1, 1]).await;
     fleet.concurrent(12).await;
     let counts = fleet.counts();
     assert_eq!(counts.iter().sum::<usize>(), 12);

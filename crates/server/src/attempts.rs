@@ -1,0 +1,371 @@
+//! Trying candidates: the strategy's order filtered by health, retries with backoff
+//! within the retry budget, then the fallback chain — all before anything reaches the
+//! client.
+//!
+//! A [`Job`] owns everything it needs, so it can run on the request's task or, when
+//! identical requests share one upstream call, on a task no client owns.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use futures_util::StreamExt;
+use http::{HeaderMap, StatusCode};
+use switchyard_core::{
+    BackendError, BackendId, BackendRequest, BackendResponse, BodyStream, Classify, Endpoint,
+    ErrorCode, RequestMeta, ResponseBody,
+};
+use switchyard_health::{FailureKind, HealthRegistry, Outcome};
+use switchyard_strategy::{InFlight, RequestKey};
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::routes::Plan;
+use crate::state::AppState;
+
+/// One client request, ready to be tried against its plan.
+pub(crate) struct Job {
+    pub(crate) state: Arc<AppState>,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) body: Bytes,
+    pub(crate) meta: RequestMeta,
+    pub(crate) key: RequestKey,
+    /// Headers passed upstream (request id, trace context).
+    pub(crate) forward: HeaderMap,
+    pub(crate) plan: Plan,
+}
+
+/// What answered: the response (its stream already tracked), the backend and model.
+pub(crate) struct Answer {
+    pub(crate) response: BackendResponse,
+    pub(crate) index: usize,
+    pub(crate) model: Arc<str>,
+}
+
+/// The last failure seen while trying candidates.
+enum Failure {
+    Response(BackendResponse, usize),
+    Error(ApiError),
+}
+
+/// Which candidates of one model this request has tried: a bitmask up to 128, a
+/// vector beyond (no allocation for the common case).
+enum Tried {
+    Small(u128),
+    Large(Vec<bool>),
+}
+
+/// A backend stream that reports how it ended: failures to passive health and the
+/// strategy's stats, success to the stats; the in-flight count covers the whole stream.
+struct Tracked {
+    inner: BodyStream,
+    health: HealthRegistry,
+    backend: BackendId,
+    stats: Option<InFlight>,
+    started: Instant,
+}
+
+impl Job {
+    /// Try the plan's candidates until one answers.
+    pub(crate) async fn run(self) -> Result<Answer, ApiError> {
+        let Job { state, endpoint, body, meta, key, forward, plan } = self;
+        state.budget.deposit();
+        let max_attempts = state.settings.retry.max_retries as usize + 1;
+        let mut attempts = 0;
+        let mut supported = false;
+        let mut last: Option<Failure> = None;
+        'plan: for step in &plan.steps {
+            let route = &step.route;
+            let mut tried = Tried::new(route.candidates.len());
+            loop {
+                if attempts == max_attempts {
+                    break 'plan;
+                }
+                // The strategy's order, filtered by what this request may use now.
+                let pick = route.selector.select_with(&key, |i, candidate| {
+                    if tried.contains(i)
+                        || !state.spec.backends[route.candidates[i]].backend.supports(endpoint)
+                    {
+                        return false;
+                    }
+                    supported = true;
+                    route.health.is_available(&candidate.id)
+                });
+                let Some(i) = pick else { break };
+                tried.insert(i);
+                let index = route.candidates[i];
+                let backend = &state.spec.backends[index].backend;
+                let id = backend.id();
+                let Some(admission) = route.health.admit(id) else { continue };
+                if attempts > 0 {
+                    if !state.budget.try_withdraw() {
+                        tracing::debug!(backend = %id, "retry budget exhausted");
+                        break 'plan;
+                    }
+                    tokio::time::sleep(state.settings.retry.backoff(attempts as u32 - 1)).await;
+                }
+                attempts += 1;
+                let mut stats = route.selector.start(i);
+                let request = BackendRequest {
+                    endpoint,
+                    body: body.clone(),
+                    meta: meta.clone(),
+                    upstream_model: step.upstream_model.clone(),
+                    headers: forward.clone(),
+                };
+                let started = Instant::now();
+                let response = match backend.send(request).await {
+                    Ok(response) => response,
+                    Err(error) => {
+                        admission.record(Outcome::from_error(&error), started.elapsed());
+                        stats.failure();
+                        tracing::debug!(backend = %id, code = %error.code, "attempt failed");
+                        if !error.retryable() {
+                            return Err(error.into());
+                        }
+                        last = Some(Failure::Error(error.into()));
+                        continue;
+                    }
+                };
+                let head = started.elapsed();
+                if retryable_status(response.status) {
+                    let wait = switchyard_backends::retry_after(&response.headers);
+                    admission.record(Outcome::from_status(response.status.as_u16(), wait), head);
+                    stats.failure();
+                    tracing::debug!(backend = %id, status = response.status.as_u16(), "attempt failed");
+                    last = Some(Failure::Response(response, index));
+                    continue;
+                }
+                let response = match response.body {
+                    ResponseBody::Full(_) => {
+                        admission
+                            .record(Outcome::from_status(response.status.as_u16(), None), head);
+                        stats.record_latency(head);
+                        stats.success();
+                        response
+                    }
+                    ResponseBody::Stream(stream) => match first_chunk(stream).await {
+                        Ok(stream) => {
+                            let first = started.elapsed();
+                            admission.record(Outcome::Success, first);
+                            stats.record_latency(first);
+                            let tracked = Tracked {
+                                inner: stream,
+                                health: state.health.clone(),
+                                backend: id.clone(),
+                                stats: Some(stats),
+                                started,
+                            };
+                            BackendResponse {
+                                body: ResponseBody::Stream(Box::pin(tracked)),
+                                ..response
+                            }
+                        }
+                        Err(error) => {
+                            admission.record(
+                                Outcome::Failure(FailureKind::Interrupted),
+                                started.elapsed(),
+                            );
+                            stats.failure();
+                            tracing::debug!(backend = %id, code = %error.code, "stream failed before its first byte");
+                            last = Some(Failure::Error(error));
+                            continue;
+                        }
+                    },
+                };
+                return Ok(Answer { response, index, model: route.model.clone() });
+            }
+        }
+        match last {
+            Some(Failure::Response(response, index)) => {
+                Ok(Answer { response, index, model: plan.steps[0].route.model.clone() })
+            }
+            Some(Failure::Error(error)) => Err(error),
+            None if supported => Err(ApiError::new(
+                ErrorCode::NoHealthyBackend,
+                format!("no healthy backend can serve `{}` right now", meta.model),
+            )),
+            None => Err(ApiError::new(
+                ErrorCode::Unsupported,
+                format!("no backend of `{}` serves {}", meta.model, endpoint.path()),
+            )),
+        }
+    }
+}
+
+/// Wait for a stream's first chunk. A stream that fails (or sends an error event)
+/// before it is a failed attempt that may be retried; otherwise the chunk is put back.
+async fn first_chunk(mut stream: BodyStream) -> Result<BodyStream, ApiError> {
+    match stream.next().await {
+        Some(Ok(first)) => {
+            if first.starts_with(b"data: {\"error\"") || first.starts_with(b"event: error") {
+                return Err(ApiError::new(
+                    ErrorCode::UpstreamStatus,
+                    "the backend's stream began with an error event",
+                ));
+            }
+            let head = futures_util::stream::once(async move { Ok::<Bytes, _>(first) });
+            Ok(Box::pin(head.chain(stream)))
+        }
+        Some(Err(error)) => Err(error.into()),
+        None => Ok(Box::pin(futures_util::stream::empty())),
+    }
+}
+
+pub(crate) fn retryable_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
+}
+
+impl Tried {
+    fn new(candidates: usize) -> Self {
+        if candidates <= 128 { Tried::Small(0) } else { Tried::Large(vec![false; candidates]) }
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        match self {
+            Tried::Small(bits) => bits & (1u128 << i) != 0,
+            Tried::Large(seen) => seen.get(i).copied().unwrap_or(true),
+        }
+    }
+
+    fn insert(&mut self, i: usize) {
+        match self {
+            Tried::Small(bits) => *bits |= 1u128 << i,
+            Tried::Large(seen) => {
+                if let Some(slot) = seen.get_mut(i) {
+                    *slot = true;
+                }
+            }
+        }
+    }
+}
+
+impl Stream for Tracked {
+    type Item = Result<Bytes, BackendError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let item = this.inner.as_mut().poll_next(cx);
+        match &item {
+            Poll::Ready(Some(Err(_))) => {
+                // A cut stream is a failure of its backend.
+                let elapsed = this.started.elapsed();
+                this.health.record(
+                    &this.backend,
+                    Outcome::Failure(FailureKind::Interrupted),
+                    elapsed,
+                );
+                if let Some(stats) = this.stats.take() {
+                    stats.failure();
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(stats) = this.stats.take() {
+                    stats.success();
+                }
+            }
+            _ => {}
+        }
+        item
+    }
+}
+
+// Dropping a `Tracked` before its end (the client hung up) drops its `InFlight`
+// unfinished: cancelled, not an error.
+
+impl From<ApiError> for BackendError {
+    fn from(error: ApiError) -> Self {
+        BackendError::new(error.code, error.message).with_retry_after(error.retry_after)
+    }
+}
+
+/// The error a non-success answer becomes where it must be an error (a shared
+/// upstream call): the status's code and the backend's own message when it sent one.
+pub(crate) fn status_error(
+    status: StatusCode,
+    body: &[u8],
+    retry_after: Option<std::time::Duration>,
+) -> BackendError {
+    let code = match status.as_u16() {
+        400 | 422 => ErrorCode::InvalidRequest,
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::Forbidden,
+        404 => ErrorCode::ModelNotFound,
+        413 => ErrorCode::PayloadTooLarge,
+        429 => ErrorCode::RateLimited,
+        503 => ErrorCode::Overloaded,
+        504 => ErrorCode::UpstreamTimeout,
+        _ => ErrorCode::UpstreamStatus,
+    };
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("the backend answered {}", status.as_u16()));
+    BackendError::new(code, message).with_retry_after(retry_after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_statuses_are_retried() {
+        for status in [429, 500, 502, 503, 504] {
+            assert!(retryable_status(StatusCode::from_u16(status).unwrap()), "{status}");
+        }
+        for status in [200, 400, 401, 404, 413, 501] {
+            assert!(!retryable_status(StatusCode::from_u16(status).unwrap()), "{status}");
+        }
+    }
+
+    #[test]
+    fn tried_tracks_small_and_large_sets() {
+        for n in [3, 128, 300] {
+            let mut tried = Tried::new(n);
+            assert!(!tried.contains(n - 1));
+            tried.insert(n - 1);
+            tried.insert(0);
+            assert!(tried.contains(n - 1) && tried.contains(0) && !tried.contains(1));
+        }
+    }
+
+    #[test]
+    fn non_success_answers_become_errors_with_the_backends_message() {
+        let error = status_error(
+            StatusCode::BAD_REQUEST,
+            br#"{"error":{"message":"bad tool schema"}}"#,
+            None,
+        );
+        assert_eq!(error.code, ErrorCode::InvalidRequest);
+        assert_eq!(error.message, "bad tool schema");
+        let error = status_error(StatusCode::BAD_GATEWAY, b"<html>", None);
+        assert_eq!(error.code, ErrorCode::UpstreamStatus);
+        assert!(error.message.contains("502"));
+    }
+
+    #[tokio::test]
+    async fn stream_failing_before_first_chunk_is_retryable() {
+        let failing: BodyStream = Box::pin(futures_util::stream::once(async {
+            Err(BackendError::new(ErrorCode::UpstreamUnavailable, "reset"))
+        }));
+        let err = first_chunk(failing).await.err().unwrap();
+        assert!(err.code.retryable());
+
+        let error_event: BodyStream = Box::pin(futures_util::stream::once(async {
+            Ok(Bytes::from_static(b"data: {\"error\":{}}\n\n"))
+        }));
+        assert!(first_chunk(error_event).await.is_err());
+
+        let ok: BodyStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"data: 1\n\n")),
+            Ok(Bytes::from_static(b"data: 2\n\n")),
+        ]));
+        let chunks: Vec<_> = first_chunk(ok).await.unwrap().map(|c| c.unwrap()).collect().await;
+        assert_eq!(
+            chunks,
+            vec![Bytes::from_static(b"data: 1\n\n"), Bytes::from_static(b"data: 2\n\n")]
+        );
+    }
+}
