@@ -356,3 +356,19 @@ async fn bad_requests_get_clear_errors() {
         assert!(err.message.contains(text), "{body}: {}", err.message);
     }
 }
+
+#[test]
+fn qwen2_with_attention_biases_loads_and_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_model(dir.path(), GgmlDType::Q8_0, 42, "qwen2");
+    let qwen = Engine::load(&settings(&path)).unwrap();
+    assert_eq!(qwen.info().architecture, "qwen2");
+    let out = qwen.generate(request("the cat", 6)).unwrap();
+    assert_eq!(out.finished.usage.completion_tokens, 6);
+    // The tokenizer does not depend on the architecture.
+    let llama_dir = tempfile::tempdir().unwrap();
+    let llama =
+        Engine::load(&settings(&write_tiny_model(llama_dir.path(), GgmlDType::Q8_0, 42))).unwrap();
+    let ids = |e: &Engine, text: &str| e.prompt_tokens(&Input::Text(text.into())).unwrap();
+    assert_eq!(ids(&qwen, "the cat"), ids(&llama, "the cat"));
+}

@@ -95,17 +95,28 @@ pub(crate) fn write_model(dir: &Path, dtype: GgmlDType, seed: u64, arch: &str) -
         tensors.push((n("ffn_down.weight"), tensor(&mut rng, HIDDEN, FFN, 0.3, dtype)));
     }
     let u32v = |v: usize| Value::U32(v as u32);
+    let key = |k: &str| format!("{arch}.{k}");
+    let keys = [
+        key("context_length"),
+        key("embedding_length"),
+        key("block_count"),
+        key("feed_forward_length"),
+        key("attention.head_count"),
+        key("attention.head_count_kv"),
+        key("attention.layer_norm_rms_epsilon"),
+        key("rope.freq_base"),
+    ];
     let metadata: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String(arch.into())),
         ("general.name", Value::String("tiny".into())),
-        ("llama.context_length", u32v(CONTEXT)),
-        ("llama.embedding_length", u32v(HIDDEN)),
-        ("llama.block_count", u32v(LAYERS)),
-        ("llama.feed_forward_length", u32v(FFN)),
-        ("llama.attention.head_count", u32v(HEADS)),
-        ("llama.attention.head_count_kv", u32v(KV_HEADS)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-        ("llama.rope.freq_base", Value::F32(10_000.0)),
+        (keys[0].as_str(), u32v(CONTEXT)),
+        (keys[1].as_str(), u32v(HIDDEN)),
+        (keys[2].as_str(), u32v(LAYERS)),
+        (keys[3].as_str(), u32v(FFN)),
+        (keys[4].as_str(), u32v(HEADS)),
+        (keys[5].as_str(), u32v(KV_HEADS)),
+        (keys[6].as_str(), Value::F32(1e-5)),
+        (keys[7].as_str(), Value::F32(10_000.0)),
         ("tokenizer.ggml.model", Value::String("llama".into())),
         ("tokenizer.ggml.tokens", Value::Array(texts.into_iter().map(Value::String).collect())),
         ("tokenizer.ggml.scores", Value::Array(scores.into_iter().map(Value::F32).collect())),
