@@ -28,7 +28,9 @@ pub(crate) fn level() -> Level {
 
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Level {
-    if std::env::var_os("SWITCHYARD_PORTABLE_KERNELS").is_some() {
+    // Unoptimised builds (tests) run intrinsics many times slower than candle's already
+    // optimised kernels: use those there. The kernels' own tests call them directly.
+    if cfg!(debug_assertions) || std::env::var_os("SWITCHYARD_PORTABLE_KERNELS").is_some() {
         return Level::Portable;
     }
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
