@@ -109,7 +109,7 @@ impl ApiBase {
             reason: reason.to_owned(),
         };
         let uri: Uri = url.parse().map_err(|_| invalid("not a url"))?;
-        let scheme = uri.scheme_str().ok_or_else(|| invalid("missing http:// or https://"))?;
+        let scheme = uri.scheme_str().ok_or_else(|| invalid("missing scheme (http:// or https://)"))?;
         if scheme != "http" && scheme != "https" {
             return Err(invalid("scheme must be http or https"));
         }

@@ -38,10 +38,12 @@ mod attempts;
 mod body;
 mod convert;
 mod error;
+mod messages;
 mod proxy;
 mod routes;
 mod server;
 mod service;
+mod simple;
 mod state;
 
 pub use convert::{client_settings, router_spec, server_settings};

@@ -20,7 +20,7 @@ use switchyard_core::{BackendResponse, Endpoint, ErrorCode, RequestMeta, Respons
 use switchyard_strategy::RequestKey;
 
 use crate::attempts::{Answer, Job, status_error};
-use crate::body::Body;
+use crate::body::{Body, Framing};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -63,7 +63,16 @@ pub(crate) async fn proxy(
     // Tenants arrive with client authentication; until then every client is one tenant.
     let tenant = "";
     let cache_plan = state.caches.plan(tenant, endpoint, &meta, &parts.headers, &bytes);
-    let job = Job { state: state.clone(), endpoint, body: bytes, meta, key, forward, plan };
+    let job = Job {
+        state: state.clone(),
+        endpoint,
+        body: bytes,
+        meta,
+        key,
+        forward,
+        plan,
+        alternate: None,
+    };
     match cache_plan {
         CachePlan::Bypass => {
             let answer = job.run().await?;
@@ -98,7 +107,7 @@ async fn shared(state: &AppState, share: SharePlan, job: Job) -> Result<Response
     };
     let body = match subscription.into_body().await? {
         ResponseBody::Full(bytes) => Body::full(bytes),
-        ResponseBody::Stream(stream) => Body::relay(stream, true, None),
+        ResponseBody::Stream(stream) => Body::relay(stream, Framing::OpenAiEvents, None),
     };
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -113,7 +122,7 @@ async fn shared(state: &AppState, share: SharePlan, job: Job) -> Result<Response
 }
 
 fn respond(answer: Answer, state: &AppState) -> Response<Body> {
-    let Answer { response, index, model } = answer;
+    let Answer { response, index, model, .. } = answer;
     let spec = &state.spec.backends[index];
     let body = match response.body {
         ResponseBody::Full(bytes) => Body::full(bytes),
@@ -122,7 +131,7 @@ fn respond(answer: Answer, state: &AppState) -> Response<Body> {
                 .headers
                 .get(header::CONTENT_TYPE)
                 .is_none_or(|v| v.as_bytes().starts_with(b"text/event-stream"));
-            Body::relay(stream, sse, None)
+            Body::relay(stream, if sse { Framing::OpenAiEvents } else { Framing::Raw }, None)
         }
     };
     let mut out = Response::new(body);
@@ -141,12 +150,20 @@ fn respond(answer: Answer, state: &AppState) -> Response<Body> {
     out
 }
 
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+/// Bodies are parsed as JSON whatever they are labelled, so `curl -d '{...}'` (sent as
+/// a form) works; only types that cannot hold a JSON document are refused.
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     match headers.get(header::CONTENT_TYPE) {
         None => Ok(()),
         Some(value) => {
             let value = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
-            if value.starts_with("application/json") || value.is_empty() {
+            let essence = value.split(';').next().unwrap_or("").trim();
+            let acceptable = essence.is_empty()
+                || essence == "application/json"
+                || essence.ends_with("+json")
+                || essence == "text/plain"
+                || essence == "application/x-www-form-urlencoded";
+            if acceptable {
                 Ok(())
             } else {
                 Err(ApiError::new(
@@ -207,7 +224,15 @@ mod tests {
             HeaderValue::from_static("application/json; charset=utf-8"),
         );
         assert!(check_content_type(&headers).is_ok());
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        assert!(check_content_type(&headers).is_ok(), "curl -d must work");
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("multipart/form-data; boundary=x"),
+        );
         let err = check_content_type(&headers).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnsupportedMediaType);
     }

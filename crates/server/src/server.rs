@@ -206,7 +206,14 @@ impl RouterSpec {
 /// Run the router a configuration describes until SIGTERM or SIGINT, then drain.
 pub async fn run(config: switchyard_config::Config) -> Result<()> {
     let factory = switchyard_backends::ClientFactory::new(crate::convert::client_settings(&config));
-    let spec = crate::convert::router_spec(&config, &factory)?;
+    // Loading the embedded model is blocking work: keep it off the async workers.
+    let (config, spec) = tokio::task::spawn_blocking(move || {
+        let spec = crate::convert::router_spec(&config, &factory);
+        (config, spec)
+    })
+    .await
+    .map_err(|e| Error::Model(format!("loading backends panicked: {e}")))?;
+    let spec = spec?;
     let server = Server::bind(crate::convert::server_settings(&config), spec).await?;
     let address = server.local_addr()?;
     tracing::info!(%address, backends = config.backends.len(), "switchyard listening");

@@ -64,6 +64,8 @@ pub(crate) struct AppState {
     discovering: Vec<usize>,
     pub(crate) caches: Caches,
     request_ids: RequestIds,
+    /// When this state was built (uptime in `/api/health`).
+    pub(crate) started: std::time::Instant,
 }
 
 /// Request ids: a per-process random prefix and a counter. Unique, cheap, not secret.
@@ -124,6 +126,7 @@ impl AppState {
             discovering,
             caches,
             request_ids: RequestIds::new(),
+            started: std::time::Instant::now(),
         })
     }
 
