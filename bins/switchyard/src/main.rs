@@ -2,6 +2,9 @@
 //! when it is invalid), sets up logging and TLS, and hands over to
 //! `switchyard_server::run`. Nothing else lives here.
 
+// A command line prints its results and its errors: that is its interface.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -143,8 +143,16 @@ impl Job {
                 let response = match backend.send(request).await {
                     Ok(response) => response,
                     Err(error) => {
-                        admission.record(Outcome::from_error(&error), started.elapsed());
-                        stats.failure();
+                        if error.code == ErrorCode::Overloaded {
+                            // A full queue (the local model's scheduler) says nothing
+                            // about health: the next request may well fit. Drop the
+                            // admission without a verdict and try another candidate.
+                            drop(admission);
+                            drop(stats);
+                        } else {
+                            admission.record(Outcome::from_error(&error), started.elapsed());
+                            stats.failure();
+                        }
                         tracing::debug!(backend = %id, code = %error.code, "attempt failed");
                         if !error.retryable() {
                             return Err(error.into());
