@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
@@ -20,16 +20,14 @@ use switchyard_backends::{
     messages_to_chat_request,
 };
 use switchyard_core::{Endpoint, ErrorCode, RequestMeta, ResponseBody};
-use switchyard_strategy::RequestKey;
 
 use crate::attempts::{Alternate, Answer, Job};
 use crate::body::{Body, Framing};
 use crate::error::{ApiError, status_for};
-use crate::proxy::{BACKEND_HEADER, MODEL_HEADER, REQUEST_ID, check_content_type, read_body};
+use crate::proxy::{BACKEND_HEADER, MODEL_HEADER, check_content_type, read_body, routing_context};
 use crate::state::AppState;
 
 const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// `POST /v1/messages`.
 pub(crate) async fn messages(
@@ -88,18 +86,8 @@ async fn serve(
     let bytes = read_body(&state, &parts.headers, body).await?;
     let meta = RequestMeta::parse(Endpoint::AnthropicMessages, &bytes)?;
     let plan = state.table().plan(&state.spec, &meta.model)?;
-    let session = parts
-        .headers
-        .get(state.settings.routing.consistent_hash.header.as_str())
-        .and_then(|v| v.to_str().ok());
-    let key = RequestKey::from_meta(session, &meta);
-    let mut forward = HeaderMap::with_capacity(3);
-    forward.insert(REQUEST_ID, request_id);
-    for name in [TRACEPARENT, ANTHROPIC_BETA] {
-        if let Some(value) = parts.headers.get(&name) {
-            forward.insert(name, value.clone());
-        }
-    }
+    let (key, forward) =
+        routing_context(&state, &parts.headers, &meta, request_id, &[ANTHROPIC_BETA]);
     // The chat-completion shape, for backends that do not speak the Messages API. If
     // the request cannot be translated, only Messages backends can take it.
     let (alternate, untranslatable) = match messages_to_chat_request(&bytes) {

@@ -49,17 +49,7 @@ pub(crate) async fn proxy(
     let bytes = read_body(&state, &parts.headers, body).await?;
     let meta = RequestMeta::parse(endpoint, &bytes)?;
     let plan = state.table().plan(&state.spec, &meta.model)?;
-    let session = parts
-        .headers
-        .get(state.settings.routing.consistent_hash.header.as_str())
-        .and_then(|v| v.to_str().ok());
-    let key = RequestKey::from_meta(session, &meta);
-
-    let mut forward = HeaderMap::with_capacity(2);
-    forward.insert(REQUEST_ID, request_id);
-    if let Some(trace) = parts.headers.get(TRACEPARENT) {
-        forward.insert(TRACEPARENT, trace.clone());
-    }
+    let (key, forward) = routing_context(&state, &parts.headers, &meta, request_id, &[]);
     // Tenants arrive with client authentication; until then every client is one tenant.
     let tenant = "";
     let cache_plan = state.caches.plan(tenant, endpoint, &meta, &parts.headers, &bytes);
@@ -80,6 +70,30 @@ pub(crate) async fn proxy(
         }
         CachePlan::Share(share) => shared(&state, share, job).await,
     }
+}
+
+/// What a request carries besides its body: the strategy's key (the session header,
+/// the `user` field or the prompt prefix) and the headers passed upstream (request id,
+/// trace context, and `extra` when the client sent them).
+pub(crate) fn routing_context(
+    state: &AppState,
+    headers: &HeaderMap,
+    meta: &RequestMeta,
+    request_id: HeaderValue,
+    extra: &[HeaderName],
+) -> (RequestKey, HeaderMap) {
+    let session = headers
+        .get(state.settings.routing.consistent_hash.header.as_str())
+        .and_then(|v| v.to_str().ok());
+    let key = RequestKey::from_meta(session, meta);
+    let mut forward = HeaderMap::with_capacity(2 + extra.len());
+    forward.insert(REQUEST_ID, request_id);
+    for name in std::iter::once(&TRACEPARENT).chain(extra) {
+        if let Some(value) = headers.get(name) {
+            forward.insert(name.clone(), value.clone());
+        }
+    }
+    (key, forward)
 }
 
 /// Share one upstream call among identical requests: the first runs the job on a task
