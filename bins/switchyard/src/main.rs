@@ -11,6 +11,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use switchyard_config::{Config, LogFormat, LoggingConfig, Overrides};
 
+/// mimalloc instead of glibc malloc: per-request allocations on several threads made
+/// glibc's arena locks and consolidation visible in profiles (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for an unusable configuration (BSD `EX_USAGE`... `EX_DATAERR` family).
 const EXIT_CONFIG: u8 = 64;
 

@@ -51,7 +51,8 @@ pub(crate) struct Alternate {
 pub(crate) struct Answer {
     pub(crate) response: BackendResponse,
     pub(crate) index: usize,
-    pub(crate) model: Arc<str>,
+    /// The model that answered, as a header value.
+    pub(crate) model: http::HeaderValue,
     /// The endpoint the backend was asked (the job's own, or its alternate's).
     pub(crate) endpoint: Endpoint,
 }
@@ -207,13 +208,21 @@ impl Job {
                         }
                     },
                 };
-                return Ok(Answer { response, index, model: route.model.clone(), endpoint: asked });
+                return Ok(Answer {
+                    response,
+                    index,
+                    model: route.model_header.clone(),
+                    endpoint: asked,
+                });
             }
         }
         match last {
-            Some(Failure::Response(response, index, endpoint)) => {
-                Ok(Answer { response, index, model: plan.steps[0].route.model.clone(), endpoint })
-            }
+            Some(Failure::Response(response, index, endpoint)) => Ok(Answer {
+                response,
+                index,
+                model: plan.steps[0].route.model_header.clone(),
+                endpoint,
+            }),
             Some(Failure::Error(error)) => Err(error),
             None if supported => Err(ApiError::new(
                 ErrorCode::NoHealthyBackend,

@@ -24,7 +24,7 @@ use switchyard_core::{Endpoint, ErrorCode, RequestMeta, ResponseBody};
 use crate::attempts::{Alternate, Answer, Job};
 use crate::body::{Body, Framing};
 use crate::error::{ApiError, status_for};
-use crate::proxy::{BACKEND_HEADER, MODEL_HEADER, check_content_type, read_body, routing_context};
+use crate::proxy::{check_content_type, label, read_body, routing_context};
 use crate::state::AppState;
 
 const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
@@ -150,7 +150,7 @@ fn passthrough(answer: Answer, state: &AppState) -> Response<Body> {
     let mut out = Response::new(body);
     *out.status_mut() = response.status;
     *out.headers_mut() = response.headers;
-    label(&mut out, state, index, &model);
+    label(out.headers_mut(), state, index, model);
     out
 }
 
@@ -178,18 +178,8 @@ fn translate_back(
     *out.status_mut() = status;
     out.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     out.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    label(&mut out, state, index, &model);
+    label(out.headers_mut(), state, index, model);
     Ok(out)
-}
-
-fn label(response: &mut Response<Body>, state: &AppState, index: usize, model: &str) {
-    let headers = response.headers_mut();
-    if let Ok(name) = HeaderValue::from_str(state.spec.backends[index].backend.id().as_str()) {
-        headers.insert(BACKEND_HEADER, name);
-    }
-    if let Ok(model) = HeaderValue::from_str(model) {
-        headers.insert(MODEL_HEADER, model);
-    }
 }
 
 /// The router's own error, in Anthropic's shape.

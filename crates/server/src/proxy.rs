@@ -137,7 +137,6 @@ async fn shared(state: &AppState, share: SharePlan, job: Job) -> Result<Response
 
 fn respond(answer: Answer, state: &AppState) -> Response<Body> {
     let Answer { response, index, model, .. } = answer;
-    let spec = &state.spec.backends[index];
     let body = match response.body {
         ResponseBody::Full(bytes) => Body::full(bytes),
         ResponseBody::Stream(stream) => {
@@ -151,17 +150,17 @@ fn respond(answer: Answer, state: &AppState) -> Response<Body> {
     let mut out = Response::new(body);
     *out.status_mut() = response.status;
     *out.headers_mut() = response.headers;
-    let headers = out.headers_mut();
-    if let Ok(name) = HeaderValue::from_str(spec.backend.id().as_str()) {
-        headers.insert(BACKEND_HEADER, name);
-    }
-    if let Ok(model) = HeaderValue::from_str(&model) {
-        headers.insert(MODEL_HEADER, model);
-    }
-    if response.status.is_success() && !headers.contains_key(header::CACHE_CONTROL) {
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    label(out.headers_mut(), state, index, model);
+    if response.status.is_success() && !out.headers().contains_key(header::CACHE_CONTROL) {
+        out.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     out
+}
+
+/// Name the backend and the model that answered (header values built once).
+pub(crate) fn label(headers: &mut HeaderMap, state: &AppState, index: usize, model: HeaderValue) {
+    headers.insert(BACKEND_HEADER, state.backend_headers[index].clone());
+    headers.insert(MODEL_HEADER, model);
 }
 
 /// Bodies are parsed as JSON whatever they are labelled, so `curl -d '{...}'` (sent as

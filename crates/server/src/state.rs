@@ -63,6 +63,8 @@ pub(crate) struct AppState {
     /// Backends without configured models, whose lists come from the model cache.
     discovering: Vec<usize>,
     pub(crate) caches: Caches,
+    /// Each backend's name as a response header value, built once.
+    pub(crate) backend_headers: Vec<HeaderValue>,
     request_ids: RequestIds,
     /// When this state was built (uptime in `/api/health`).
     pub(crate) started: std::time::Instant,
@@ -111,6 +113,14 @@ impl AppState {
             .filter(|(_, b)| b.models.is_empty())
             .map(|(i, _)| i)
             .collect();
+        let spec_headers = spec
+            .backends
+            .iter()
+            .map(|b| {
+                HeaderValue::from_str(b.backend.id().as_str())
+                    .unwrap_or_else(|_| HeaderValue::from_static("(unprintable)"))
+            })
+            .collect();
         let discovered = HashMap::new();
         let routing = Routing { health: &health, stats: &stats, strategy: &settings.routing };
         let table = RouteTable::build(&spec, &routing, &discovered)
@@ -125,6 +135,7 @@ impl AppState {
             discovered: Mutex::new(discovered),
             discovering,
             caches,
+            backend_headers: spec_headers,
             request_ids: RequestIds::new(),
             started: std::time::Instant::now(),
         })
@@ -212,10 +223,19 @@ impl RequestIds {
         RequestIds { prefix: prefix as u32, next: AtomicU64::new(1) }
     }
 
+    /// `req-` and 20 hex digits (prefix, counter), written without `format!`: this runs
+    /// on every request.
     fn next(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("req-{:08x}{:012x}", self.prefix, n);
-        HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("req-unknown"))
+        let mut id = *b"req-00000000000000000000";
+        for (i, slot) in id[4..12].iter_mut().enumerate() {
+            *slot = HEX[((self.prefix >> (28 - 4 * i)) & 0xf) as usize];
+        }
+        for (i, slot) in id[12..].iter_mut().enumerate() {
+            *slot = HEX[((n >> (44 - 4 * i)) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("req-unknown"))
     }
 }
 
@@ -230,6 +250,13 @@ mod tests {
         let b = state.request_id(None);
         assert_ne!(a, b);
         assert!(a.to_str().unwrap().starts_with("req-"));
+        assert_eq!(a.len(), 24);
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        assert_eq!(a[..12], b[..12], "same process prefix");
+        assert_eq!(
+            u64::from_str_radix(&b[12..], 16).unwrap(),
+            u64::from_str_radix(&a[12..], 16).unwrap() + 1
+        );
         let client = HeaderValue::from_static("abc-123");
         assert_eq!(state.request_id(Some(&client)), client);
         let weird = HeaderValue::from_static("has space");
