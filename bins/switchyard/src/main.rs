@@ -9,12 +9,25 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use switchyard_config::{Config, LogFormat, LoggingConfig, Overrides};
+use switchyard_config::{BackendType, Config, LogFormat, LoggingConfig, Overrides};
 
 /// mimalloc instead of glibc malloc: per-request allocations on several threads made
 /// glibc's arena locks and consolidation visible in profiles (see docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Transparent huge pages on or off for this process. A router's heap is small and
+/// scattered: each 2 MiB region the allocator touches as a huge page costs 2 MiB of
+/// RSS (idle RSS 19 MB instead of 12 MB). mimalloc is built with `no_thp`, so it never
+/// asks for huge pages itself (THP `madvise` mode, Debian's default); this flag covers
+/// THP `always` systems, and is turned back on when a local model is configured, since
+/// large weight matrices do gain from huge pages there.
+fn huge_pages(on: bool) {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(!on);
+    #[cfg(not(target_os = "linux"))]
+    let _ = on;
+}
 
 /// Exit status for an unusable configuration (BSD `EX_USAGE`... `EX_DATAERR` family).
 const EXIT_CONFIG: u8 = 64;
@@ -69,6 +82,7 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    huge_pages(false);
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(&args),
@@ -118,6 +132,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     init_tracing(&config.logging);
+    huge_pages(config.backends.iter().any(|b| b.kind == BackendType::Local));
     // One process-wide TLS provider; the libraries also pass theirs explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // One worker: a current-thread runtime, so a request never crosses threads (no
