@@ -20,8 +20,9 @@ use tokio::sync::mpsc;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::metrics as m;
-use crate::model::{KvCache, LoadOptions, Model};
+use crate::model::{KvCache, Model};
 use crate::paths::default_model_path;
+use crate::quant::Formats;
 use crate::sampling::{Sampler, SamplingParams, StopMatcher, StopOutcome};
 use crate::settings::InferenceSettings;
 use crate::template::{ChatTemplate, TemplateMessage};
@@ -241,7 +242,7 @@ impl Engine {
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the compute pool: {e}")))?;
         let file = GgufFile::open(&path)?;
-        let options = LoadOptions { requantize: settings.requantize };
+        let options = Formats { requantize: settings.requantize, fast: settings.fast_kernels };
         // Loading (requantisation) may use every core: it happens once, before serving.
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let model = if cores > threads {

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::quant::Weight;
+use crate::quant::{Formats, Weight};
 
 /// The architectures this crate runs, from `general.architecture`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,13 +91,6 @@ pub(crate) struct KvCache {
     len: usize,
 }
 
-/// How model loading treats weight formats.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct LoadOptions {
-    /// Requantise Q4_1/Q5_0/Q5_1 to Q8_0.
-    pub(crate) requantize: bool,
-}
-
 impl ModelConfig {
     pub(crate) fn from_gguf(file: &GgufFile) -> Result<Self> {
         let arch_name = file
@@ -162,9 +155,9 @@ impl ModelConfig {
 
 impl Model {
     /// Build the model from an open file. Runs on the current rayon pool.
-    pub(crate) fn load(file: &GgufFile, options: LoadOptions) -> Result<Self> {
+    pub(crate) fn load(file: &GgufFile, formats: Formats) -> Result<Self> {
         let mut config = ModelConfig::from_gguf(file)?;
-        let load = |name: &str| file.weight_requantized(name, options.requantize);
+        let load = |name: &str| file.weight_as(name, formats);
         let embeddings = load("token_embd.weight")?;
         config.vocab = embeddings.rows();
         if embeddings.cols() != config.hidden {
@@ -230,7 +223,7 @@ impl Model {
     pub(crate) fn weight_types(&self) -> String {
         let mut counts: Vec<(String, usize)> = Vec::new();
         let mut add = |w: &Weight| {
-            let name = format!("{:?}", w.dtype());
+            let name = w.type_name();
             match counts.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, c)) => *c += 1,
                 None => counts.push((name, 1)),
