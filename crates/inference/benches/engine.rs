@@ -6,7 +6,16 @@
 //! end-of-generation masked, through the real engine. One `RESULT` line per thread count,
 //! in the format `benches/llamacpp-baseline.sh` reads, which runs llama.cpp on the same
 //! file in the same run. Without the model file it prints a note and measures nothing.
+//!
+//! Then continuous batching (unless `BATCH_STREAMS` is empty): for each stream count in
+//! `BATCH_STREAMS` ("1 4"), that many concurrent requests with different 32-token prompts
+//! and `BATCH_DECODE_TOKENS` (64) greedy tokens each; one `BATCH` line per count with the
+//! aggregate decode rate (generated tokens after each stream's first, over the time from
+//! the first stream's first token to the last stream's end), the mean per-stream rate
+//! and the mean time per step a stream sees.
 #![allow(clippy::print_stdout, clippy::print_stderr, missing_docs)]
+
+use std::time::Duration;
 
 use switchyard_inference::{
     Engine, GenerateRequest, InferenceSettings, Input, SamplingParams, default_model_path,
@@ -93,5 +102,65 @@ fn main() {
             "RESULT engine=switchyard threads={t} load_ms={load_ms:.1} prefill_tps={prefill:.1} decode_tps={decode:.1} rss_mb={:.1}",
             peak_rss_mb()
         );
+        let streams: Vec<usize> = std::env::var("BATCH_STREAMS")
+            .unwrap_or_else(|_| "1 4".into())
+            .split_whitespace()
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        for n in streams {
+            batch(&engine, t, n, env_usize("BATCH_DECODE_TOKENS", 64));
+        }
     }
+}
+
+/// `n` concurrent greedy streams of `decode` tokens on different 32-token prompts.
+fn batch(engine: &Engine, threads: usize, n: usize, decode: usize) {
+    let Ok(all) = engine.prompt_tokens(&Input::Text(TEXT.repeat(2))) else {
+        eprintln!("cannot tokenize");
+        std::process::exit(1);
+    };
+    let started = std::time::Instant::now();
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let engine = engine.clone();
+            let prompt = all[i * 8..i * 8 + 32].to_vec();
+            std::thread::spawn(move || {
+                let out = engine.generate(GenerateRequest {
+                    input: Input::Tokens(prompt),
+                    max_tokens: Some(decode + 1),
+                    sampling: SamplingParams::greedy(),
+                    stop: Vec::new(),
+                    ignore_eos: true,
+                });
+                (started.elapsed(), out)
+            })
+        })
+        .collect();
+    // (first token, end, decode tokens) per stream, from `started`.
+    let mut spans: Vec<(Duration, Duration, usize)> = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok((end, Ok(out))) => {
+                let first = end.saturating_sub(out.finished.decode_time);
+                spans.push((first, end, out.finished.usage.completion_tokens - 1));
+            }
+            Ok((_, Err(e))) => {
+                eprintln!("generation failed: {e}");
+                std::process::exit(1);
+            }
+            Err(_) => std::process::exit(1),
+        }
+    }
+    let first = spans.iter().map(|s| s.0).min().unwrap_or_default();
+    let end = spans.iter().map(|s| s.1).max().unwrap_or_default();
+    let tokens: usize = spans.iter().map(|s| s.2).sum();
+    #[allow(clippy::cast_precision_loss)]
+    let aggregate = tokens as f64 / (end - first).as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let per_stream = spans.iter().map(|s| s.2 as f64 / (s.1 - s.0).as_secs_f64()).sum::<f64>()
+        / spans.len() as f64;
+    println!(
+        "BATCH engine=switchyard threads={threads} streams={n} aggregate_decode_tps={aggregate:.1} per_stream_tps={per_stream:.1} step_ms={:.1}",
+        1000.0 / per_stream
+    );
 }
