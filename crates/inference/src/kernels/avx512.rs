@@ -67,6 +67,16 @@ const B_LANES: __mmask16 = 0xF0F0;
 
 const ZERO_PARAMS: Params = Params { sc: [0.0; 64], a: [0.0; 64], b: [0.0; 64], slow: 0 };
 
+/// Per-call working space of the row-group loops, set up once per [`matmul`] call
+/// rather than zeroed for every group of four rows. Entries of rows past the last
+/// (`k >= n`) keep stale values; they only feed lanes that are never stored.
+struct Work {
+    /// Q4_1 parameters (and Q8_0 scales in `sc`) of the four rows.
+    p: [Params; 4],
+    /// Q4_1 tables of the four rows.
+    tables: [[__m512i; 16]; 4],
+}
+
 /// See [`super::matmul_q8`].
 ///
 /// # Safety
@@ -83,15 +93,32 @@ pub(super) unsafe fn matmul(w: Source<'_>, rows: Range<usize>, x: &QuantActs, ou
             && x.d.len() >= m * nb,
         "kernel shapes"
     );
+    let mut work = Work { p: [ZERO_PARAMS; 4], tables: [[_mm512_setzero_si512(); 16]; 4] };
     if m == 1 {
         let mut r = rows.start;
         while r < rows.end {
             let n = (rows.end - r).min(4);
             let acc = match w {
-                Source::Q8(q) => decode_q8(q, r, n, x),
-                Source::Q41(q) => decode_q41(q, r, n, x),
+                Source::Q8(q) => decode_q8(q, r, n, x, &mut work),
+                Source::Q41(q) => decode_q41(q, r, n, x, &mut work),
             };
             store(&acc, &mut out[r - rows.start..], n, 1, 0);
+            r += 4;
+        }
+        return;
+    }
+    if m <= GROUP {
+        // A few activation rows (a decode step of a few sequences): each weight block
+        // goes from memory straight into all of their dot products, no scratch.
+        let mut r = rows.start;
+        while r < rows.end {
+            let n = (rows.end - r).min(4);
+            let col = (r - rows.start) * m;
+            match m {
+                2 => store_all(&fused::<2>(w, r, n, x, &mut work), &mut out[col..], n),
+                3 => store_all(&fused::<3>(w, r, n, x, &mut work), &mut out[col..], n),
+                _ => store_all(&fused::<4>(w, r, n, x, &mut work), &mut out[col..], n),
+            }
             r += 4;
         }
         return;
@@ -137,6 +164,65 @@ fn store(acc: &[__m512; 2], out: &mut [f32], n: usize, m: usize, i: usize) {
             }
         }
     }
+}
+
+/// [`store`] for each of `G` activation rows.
+#[target_feature(enable = "avx512f,avx2")]
+fn store_all<const G: usize>(acc: &[[__m512; 2]; G], out: &mut [f32], n: usize) {
+    for (g, pair) in acc.iter().enumerate() {
+        store(pair, out, n, G, g);
+    }
+}
+
+/// `G` (2..=4) activation rows against weight rows `r..r + n` (n <= 4, r even): the
+/// decode loop with the weight block decoded once and dotted with every row. The
+/// per-block scale is `d_w * d_x` as in [`dot`], so results are bit-identical to the
+/// scratch path.
+#[allow(clippy::needless_range_loop, reason = "`j` indexes a row of `tables` and the scales")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn fused<const G: usize>(
+    w: Source<'_>,
+    r: usize,
+    n: usize,
+    x: &QuantActs,
+    work: &mut Work,
+) -> [[__m512; 2]; G] {
+    let nb = w.nb();
+    let pairs = n.div_ceil(2);
+    let xb: [&[ActBlock]; G] = std::array::from_fn(|g| &x.blocks[g * nb..][..nb]);
+    let xd: [&[f32]; G] = std::array::from_fn(|g| &x.d[g * nb..][..nb]);
+    let mut acc = [[_mm512_setzero_ps(); 2]; G];
+    let Work { p, tables } = work;
+    for b0 in (0..nb).step_by(CHUNK) {
+        let len = (nb - b0).min(CHUNK);
+        for (k, pk) in p.iter_mut().enumerate().take(n) {
+            match w {
+                Source::Q8(q) => q8_scales(q, r + k, b0, len, None, &mut pk.sc),
+                Source::Q41(q) => {
+                    q41_params(q, r + k, b0, len, None, pk);
+                    q41_tables(q, r + k, b0, len, pk, &mut tables[k]);
+                }
+            }
+        }
+        for j in 0..len {
+            let b = b0 + j;
+            for h in 0..pairs {
+                let (a, c) = (2 * h, 2 * h + 1);
+                let wq = match w {
+                    Source::Q8(q) => q8_pair(q, r / 2 + h, b),
+                    Source::Q41(q) => q41_pair(q, r / 2 + h, b, tables[a][j], tables[c][j]),
+                };
+                let s = pair_scale(&p[a].sc, &p[c].sc, j);
+                for (accg, (xb, xd)) in acc.iter_mut().zip(xb.iter().zip(&xd)) {
+                    let (y, nc) = act(&xb[b]);
+                    let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wq, y));
+                    let sy = _mm512_mul_ps(s, _mm512_set1_ps(xd[b]));
+                    accg[h] = _mm512_fmadd_ps(sy, q, accg[h]);
+                }
+            }
+        }
+    }
+    acc
 }
 
 /// Activation block quants and corrections in paired-row order.
@@ -265,21 +351,21 @@ fn q8_scales(w: &Q8Rows, r: usize, b0: usize, len: usize, xd: Option<&[f32]>, sc
 
 /// One activation row against Q8_0 rows `r..r + n` (n <= 4, r even).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn decode_q8(w: &Q8Rows, r: usize, n: usize, x: &QuantActs) -> [__m512; 2] {
+fn decode_q8(w: &Q8Rows, r: usize, n: usize, x: &QuantActs, work: &mut Work) -> [__m512; 2] {
     let nb = w.nb;
     let pairs = n.div_ceil(2);
-    let mut sc = [[0f32; 64]; 4];
+    let p = &mut work.p;
     let mut acc = [_mm512_setzero_ps(); 2];
     for b0 in (0..nb).step_by(CHUNK) {
         let len = (nb - b0).min(CHUNK);
-        for (k, s) in sc.iter_mut().enumerate().take(n) {
-            q8_scales(w, r + k, b0, len, Some(&x.d), s);
+        for (k, pk) in p.iter_mut().enumerate().take(n) {
+            q8_scales(w, r + k, b0, len, Some(&x.d), &mut pk.sc);
         }
         for (j, blk) in x.blocks[b0..b0 + len].iter().enumerate() {
             let (y, nc) = act(blk);
             for h in 0..pairs {
                 let wq = q8_pair(w, r / 2 + h, b0 + j);
-                let s = pair_scale(&sc[2 * h], &sc[2 * h + 1], j);
+                let s = pair_scale(&p[2 * h].sc, &p[2 * h + 1].sc, j);
                 let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wq, y));
                 acc[h] = _mm512_fmadd_ps(s, q, acc[h]);
             }
@@ -413,11 +499,10 @@ fn q41_pair(w: &Q41Rows, pair: usize, b: usize, ta: __m512i, tb: __m512i) -> __m
 
 /// One activation row against Q4_1 rows `r..r + n` (n <= 4, r even).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn decode_q41(w: &Q41Rows, r: usize, n: usize, x: &QuantActs) -> [__m512; 2] {
+fn decode_q41(w: &Q41Rows, r: usize, n: usize, x: &QuantActs, work: &mut Work) -> [__m512; 2] {
     let nb = w.nb;
     let pairs = n.div_ceil(2);
-    let mut p = [ZERO_PARAMS; 4];
-    let mut tables = [[_mm512_setzero_si512(); 16]; 4];
+    let Work { p, tables } = work;
     let mut acc = [_mm512_setzero_ps(); 2];
     for b0 in (0..nb).step_by(CHUNK) {
         let len = (nb - b0).min(CHUNK);
