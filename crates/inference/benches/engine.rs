@@ -10,15 +10,14 @@
 //! Then continuous batching (unless `BATCH_STREAMS` is empty): for each stream count in
 //! `BATCH_STREAMS` ("1 4"), that many concurrent requests with different 32-token prompts
 //! and `BATCH_DECODE_TOKENS` (64) greedy tokens each; one `BATCH` line per count with the
-//! aggregate decode rate (generated tokens after each stream's first, over the time from
-//! the first stream's first token to the last stream's end), the mean per-stream rate
-//! and the mean time per step a stream sees.
+//! aggregate decode rate while all streams decode, the mean and worst gap between a
+//! stream's tokens (its per-step latency) and when the last stream got its first token.
 #![allow(clippy::print_stdout, clippy::print_stderr, missing_docs)]
 
-use std::time::Duration;
+use std::time::Instant;
 
 use switchyard_inference::{
-    Engine, GenerateRequest, InferenceSettings, Input, SamplingParams, default_model_path,
+    Engine, Event, GenerateRequest, InferenceSettings, Input, SamplingParams, default_model_path,
 };
 
 /// The same text `benches/llamacpp_bench.py` uses.
@@ -113,54 +112,64 @@ fn main() {
     }
 }
 
-/// `n` concurrent greedy streams of `decode` tokens on different 32-token prompts.
+/// `n` concurrent greedy streams of `decode` tokens on different 32-token prompts, all
+/// submitted at once. The aggregate rate counts the tokens (text events) of every stream
+/// inside the window where all of them are decoding (from the last stream's first token
+/// to the first stream's last), over the window's length.
 fn batch(engine: &Engine, threads: usize, n: usize, decode: usize) {
     let Ok(all) = engine.prompt_tokens(&Input::Text(TEXT.repeat(2))) else {
         eprintln!("cannot tokenize");
         std::process::exit(1);
     };
-    let started = std::time::Instant::now();
+    let submitted = Instant::now();
     let handles: Vec<_> = (0..n)
         .map(|i| {
-            let engine = engine.clone();
-            let prompt = all[i * 8..i * 8 + 32].to_vec();
+            let generation = engine.submit(GenerateRequest {
+                input: Input::Tokens(all[i * 8..i * 8 + 32].to_vec()),
+                max_tokens: Some(decode),
+                sampling: SamplingParams::greedy(),
+                stop: Vec::new(),
+                ignore_eos: true,
+            });
             std::thread::spawn(move || {
-                let out = engine.generate(GenerateRequest {
-                    input: Input::Tokens(prompt),
-                    max_tokens: Some(decode + 1),
-                    sampling: SamplingParams::greedy(),
-                    stop: Vec::new(),
-                    ignore_eos: true,
-                });
-                (started.elapsed(), out)
+                let mut times = Vec::new();
+                let Ok(mut generation) = generation else { return times };
+                while let Some(event) = generation.blocking_next() {
+                    match event {
+                        Event::Text(_) => times.push(Instant::now()),
+                        Event::Started { .. } => {}
+                        Event::Done(_) | Event::Error(_) => break,
+                    }
+                }
+                times
             })
         })
         .collect();
-    // (first token, end, decode tokens) per stream, from `started`.
-    let mut spans: Vec<(Duration, Duration, usize)> = Vec::new();
-    for h in handles {
-        match h.join() {
-            Ok((end, Ok(out))) => {
-                let first = end.saturating_sub(out.finished.decode_time);
-                spans.push((first, end, out.finished.usage.completion_tokens - 1));
-            }
-            Ok((_, Err(e))) => {
-                eprintln!("generation failed: {e}");
-                std::process::exit(1);
-            }
-            Err(_) => std::process::exit(1),
-        }
+    let streams: Vec<Vec<Instant>> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
+    if streams.len() != n || streams.iter().any(|t| t.len() < 2) {
+        eprintln!("a stream failed");
+        std::process::exit(1);
     }
-    let first = spans.iter().map(|s| s.0).min().unwrap_or_default();
-    let end = spans.iter().map(|s| s.1).max().unwrap_or_default();
-    let tokens: usize = spans.iter().map(|s| s.2).sum();
+    let from = streams.iter().filter_map(|t| t.first()).max().copied().unwrap_or(submitted);
+    let to = streams.iter().filter_map(|t| t.last()).min().copied().unwrap_or(submitted);
+    let in_window: usize =
+        streams.iter().map(|t| t.iter().filter(|&&i| i > from && i <= to).count()).sum();
     #[allow(clippy::cast_precision_loss)]
-    let aggregate = tokens as f64 / (end - first).as_secs_f64();
+    let aggregate = in_window as f64 / (to - from).as_secs_f64();
+    // Per stream: the mean gap between its tokens, and the worst gap.
+    let gaps: Vec<f64> = streams
+        .iter()
+        .flat_map(|t| t.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0))
+        .collect();
     #[allow(clippy::cast_precision_loss)]
-    let per_stream = spans.iter().map(|s| s.2 as f64 / (s.1 - s.0).as_secs_f64()).sum::<f64>()
-        / spans.len() as f64;
+    let mean_gap = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    let max_gap = gaps.iter().copied().fold(0.0, f64::max);
+    let first_token_ms = streams
+        .iter()
+        .filter_map(|t| t.first())
+        .map(|t| (*t - submitted).as_secs_f64() * 1000.0)
+        .fold(0.0, f64::max);
     println!(
-        "BATCH engine=switchyard threads={threads} streams={n} aggregate_decode_tps={aggregate:.1} per_stream_tps={per_stream:.1} step_ms={:.1}",
-        1000.0 / per_stream
+        "BATCH engine=switchyard threads={threads} streams={n} aggregate_decode_tps={aggregate:.1} step_ms={mean_gap:.1} max_step_ms={max_gap:.1} last_first_token_ms={first_token_ms:.0}"
     );
 }

@@ -527,13 +527,17 @@ impl Shared {
     }
 
     /// One step of continuous batching: every active sequence advances together, by
-    /// its next token (decoding) or its next prompt chunk (at most `chunk` tokens), in
-    /// one batched forward pass ([`Model::forward_batch`]). Returns one [`Step`] per
-    /// sequence, in order. Sequences whose receiver is gone are left out of the pass.
-    fn step_all(&self, active: &mut [Sequence], chunk: usize) -> Vec<Step> {
+    /// its next token (decoding) or its next prompt chunk, in one batched forward pass
+    /// ([`Model::forward_batch`]). Prompt chunks share a budget of `prompt_budget`
+    /// tokens per step, first come first served (a sequence left without budget waits
+    /// for the next step), so a step's latency stays bounded for the decoding
+    /// sequences. Returns one [`Step`] per sequence, in order. Sequences whose receiver
+    /// is gone are left out of the pass.
+    fn step_all(&self, active: &mut [Sequence], prompt_budget: usize) -> Vec<Step> {
         let mut steps: Vec<Step> = Vec::with_capacity(active.len());
         let mut batch: Vec<(usize, bool)> = Vec::with_capacity(active.len());
         let mut segments: Vec<Segment<'_>> = Vec::with_capacity(active.len());
+        let mut budget = prompt_budget.max(1);
         for (i, seq) in active.iter_mut().enumerate() {
             if seq.events.is_closed() {
                 steps.push(Step::Finished);
@@ -541,7 +545,15 @@ impl Shared {
             }
             steps.push(Step::Continue);
             let done = seq.cache.len();
-            let end = (done + chunk.max(1)).min(seq.tokens.len());
+            let remaining = seq.tokens.len() - done;
+            let take = if remaining == 1 { 1 } else { remaining.min(budget) };
+            if take == 0 {
+                continue;
+            }
+            if remaining > 1 {
+                budget -= take;
+            }
+            let end = done + take;
             let last = end == seq.tokens.len();
             batch.push((i, last));
             segments.push(Segment {
@@ -699,7 +711,7 @@ fn scheduler(shared: &Shared, pool: &rayon::ThreadPool, inbox: &std_mpsc::Receiv
         }
         metrics::gauge!(m::QUEUE_DEPTH).set(waiting.len() as f64);
         metrics::gauge!(m::ACTIVE_SEQUENCES).set(active.len() as f64);
-        // Prompt chunks are shorter while others decode, so they are not stalled long.
+        // Prompt tokens per step: fewer while others decode, so they are not stalled long.
         let chunk = if active.len() > 1 { batch.min(64) } else { batch };
         let steps = pool.install(|| shared.step_all(&mut active, chunk));
         // Back to front, so `swap_remove` only moves sequences already handled.
