@@ -517,9 +517,16 @@ fn matmul_fast(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
 fn transpose(colmajor: &[f32], m: usize) -> Vec<f32> {
     let n = colmajor.len() / m;
     let mut t = vec![0f32; n * m];
-    for col in 0..n {
-        for i in 0..m {
-            t[i * n + col] = colmajor[col * m + i];
+    // Blocks of 16 columns: their `16 * m` source values sit together, and each output
+    // row gets a contiguous run of 16 (no bounds checks in the inner loop).
+    for (c, block) in colmajor.chunks(16 * m).enumerate() {
+        for (i, row) in t.chunks_exact_mut(n).enumerate() {
+            let out = &mut row[16 * c..];
+            for (o, col) in out.iter_mut().zip(block.chunks_exact(m)) {
+                if let Some(v) = col.get(i) {
+                    *o = *v;
+                }
+            }
         }
     }
     t
@@ -669,6 +676,19 @@ mod tests {
             let mut slow = vec![BlockQ8_0::zeros(); m * k / 32];
             BlockQ8_0::from_float(&x, &mut slow);
             assert!(fast == slow, "m={m} k={k}");
+        }
+    }
+
+    #[test]
+    fn transpose_turns_column_major_into_row_major() {
+        for (n, m) in [(1, 1), (5, 3), (17, 4), (40, 33)] {
+            let colmajor: Vec<f32> = (0..n * m).map(|v| v as f32).collect();
+            let t = transpose(&colmajor, m);
+            for i in 0..m {
+                for col in 0..n {
+                    assert_eq!(t[i * n + col], colmajor[col * m + i], "n={n} m={m}");
+                }
+            }
         }
     }
 
