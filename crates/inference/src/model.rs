@@ -615,7 +615,7 @@ mod tests {
 
     /// A random Q8_0 `[rows, cols]` weight in the form the engine runs it.
     #[allow(unsafe_code)]
-    fn weight(rows: usize, cols: usize, seed: &mut u64, scale: f32) -> Weight {
+    fn weight(rows: usize, cols: usize, seed: &mut u64, scale: f32, fast: bool) -> Weight {
         let w = values(rows * cols, seed, scale);
         let mut blocks = vec![BlockQ8_0::zeros(); rows * cols / 32];
         BlockQ8_0::from_float(&w, &mut blocks);
@@ -625,18 +625,13 @@ mod tests {
         unsafe {
             std::ptr::copy_nonoverlapping(blocks.as_ptr().cast::<u8>(), bytes.as_mut_ptr(), len)
         };
-        Weight::load(
-            GgmlDType::Q8_0,
-            &bytes,
-            &[rows, cols],
-            Formats { requantize: true, fast: true },
-        )
-        .unwrap()
+        Weight::load(GgmlDType::Q8_0, &bytes, &[rows, cols], Formats { requantize: true, fast })
+            .unwrap()
     }
 
     /// A tiny random model: grouped-query attention, and for gemma3 the extra norms and
     /// a 4-token sliding window on the local layers.
-    fn tiny(arch: Arch, seed: u64) -> Model {
+    fn tiny(arch: Arch, seed: u64, fast: bool) -> Model {
         let (hidden, heads, kv_heads, head_dim, ffn, vocab, layers) = (64, 4, 2, 16, 128, 64, 3);
         let mut seed = seed;
         let gemma = arch == Arch::Gemma3;
@@ -664,25 +659,25 @@ mod tests {
         let layers = (0..layers)
             .map(|i| Layer {
                 attn_norm: norm(&mut seed, hidden),
-                wq: weight(heads * head_dim, hidden, &mut seed, 0.3),
-                wk: weight(kv_heads * head_dim, hidden, &mut seed, 0.3),
-                wv: weight(kv_heads * head_dim, hidden, &mut seed, 0.3),
+                wq: weight(heads * head_dim, hidden, &mut seed, 0.3, fast),
+                wk: weight(kv_heads * head_dim, hidden, &mut seed, 0.3, fast),
+                wv: weight(kv_heads * head_dim, hidden, &mut seed, 0.3, fast),
                 bias: None,
                 q_norm: gemma.then(|| norm(&mut seed, head_dim)),
                 k_norm: gemma.then(|| norm(&mut seed, head_dim)),
-                wo: weight(hidden, heads * head_dim, &mut seed, 0.3),
+                wo: weight(hidden, heads * head_dim, &mut seed, 0.3, fast),
                 post_attn_norm: gemma.then(|| norm(&mut seed, hidden)),
                 ffn_norm: norm(&mut seed, hidden),
-                w_gate: weight(ffn, hidden, &mut seed, 0.3),
-                w_up: weight(ffn, hidden, &mut seed, 0.3),
-                w_down: weight(hidden, ffn, &mut seed, 0.3),
+                w_gate: weight(ffn, hidden, &mut seed, 0.3, fast),
+                w_up: weight(ffn, hidden, &mut seed, 0.3, fast),
+                w_down: weight(hidden, ffn, &mut seed, 0.3, fast),
                 post_ffn_norm: gemma.then(|| norm(&mut seed, hidden)),
                 local: gemma && (i + 1) % 2 != 0,
             })
             .collect();
         Model {
-            embeddings: weight(vocab, hidden, &mut seed, 1.0),
-            output: (!gemma).then(|| weight(vocab, hidden, &mut seed, 1.0)),
+            embeddings: weight(vocab, hidden, &mut seed, 1.0, fast),
+            output: (!gemma).then(|| weight(vocab, hidden, &mut seed, 1.0, fast)),
             output_norm: norm(&mut seed, hidden),
             layers,
             inv_freq: inv_freq(head_dim, 10_000.0, 1.0),
@@ -789,8 +784,14 @@ mod tests {
 
     #[test]
     fn a_sequence_decoded_in_a_batch_matches_it_decoded_alone() {
-        for (arch, seed) in [(Arch::Llama, 7), (Arch::Gemma3, 11)] {
-            let model = tiny(arch, seed);
+        // Our SIMD kernels and candle's (`fast_kernels: false`).
+        for (arch, seed, fast) in
+            [(Arch::Llama, 7, true), (Arch::Gemma3, 11, true), (Arch::Llama, 5, false)]
+        {
+            let model = tiny(arch, seed, fast);
+            // Where the CPU has them, `fast` weights run on this crate's kernels.
+            let ours = matches!(model.layers[0].wq, Weight::Q8x(_));
+            assert_eq!(ours, fast && crate::kernels::level() != crate::kernels::Level::Portable);
             let prompts: Vec<Vec<u32>> = [5usize, 9, 1, 14]
                 .iter()
                 .enumerate()
@@ -810,7 +811,7 @@ mod tests {
 
     #[test]
     fn a_batch_with_an_empty_segment_is_an_error() {
-        let model = tiny(Arch::Llama, 3);
+        let model = tiny(Arch::Llama, 3, true);
         let (mut a, mut b) = (model.new_cache(), model.new_cache());
         let mut segments = [
             Segment { tokens: &[1, 2], cache: &mut a, logits: true },
