@@ -6,7 +6,7 @@
 //! build a RoPE table for the whole trained context per layer, crash on batched
 //! prefill, carry gemma3 bugs (SiLU for GELU), and run candle's ops on a process-wide
 //! thread pool we cannot size. Here each sequence owns its [`KvCache`] and its position,
-//! which is what continuous batching needs next.
+//! which is what continuous batching ([`Model::forward_batch`]) builds on.
 
 use rayon::prelude::*;
 
