@@ -6,7 +6,9 @@
 # Env:   REPEATS (default 3)   THREADS (default "1 2")   PROMPT_TOKENS / DECODE_TOKENS (128)
 #        SWITCHYARD_LLAMACPP_VENV  where llama-cpp-python is installed (default: the user
 #        cache dir, outside the repo; building llama.cpp from source takes minutes once)
-# Prints one RESULT line per measurement and a median table with ratios.
+# Prints one RESULT line per measurement and a median table with ratios, then Switchyard's
+# continuous-batching figures (BATCH lines: 1 vs 4 concurrent streams, see
+# crates/inference/benches/engine.rs) as medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,14 +46,22 @@ for rep in $(seq 1 "$REPEATS"); do
         "$venv/bin/python" benches/llamacpp_bench.py "$model" "$t" | tee -a "$results"
         log "repeat $rep, $t thread(s): switchyard"
         SWITCHYARD_BENCH_MODEL="$model" SWITCHYARD_BENCH_THREADS="$t" \
-            cargo bench -p switchyard-inference --bench engine 2>/dev/null | grep '^RESULT' | tee -a "$results"
+            cargo bench -p switchyard-inference --bench engine 2>/dev/null | grep -E '^(RESULT|BATCH)' | tee -a "$results"
     done
 done
 
+printf '\n%s UTC, %s x %s, load average %s\n' "$(date -u '+%Y-%m-%d %H:%M')" "$(nproc)" \
+    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$results" <<'PY'
 import statistics, sys
 rows = {}
+batch = {}
 for line in open(sys.argv[1]):
+    if line.startswith("BATCH"):
+        kv = dict(p.split("=", 1) for p in line.split()[1:])
+        for k in ("aggregate_decode_tps", "step_ms", "max_step_ms", "last_first_token_ms"):
+            batch.setdefault((kv["threads"], kv["streams"]), {}).setdefault(k, []).append(float(kv[k]))
+        continue
     if not line.startswith("RESULT"):
         continue
     kv = dict(p.split("=", 1) for p in line.split()[1:])
@@ -69,4 +79,14 @@ for t in threads:
     for m, name in (("prefill_tps", "prefill tok/s"), ("decode_tps", "decode tok/s"),
                     ("load_ms", "load ms"), ("rss_mb", "peak RSS MB")):
         print(f"| {t} | {name} | {a[m]:.1f} | {b[m]:.1f} | {b[m] / a[m]:.2f}x |")
+if batch:
+    med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in batch.items()}
+    print("\n| threads | streams | aggregate decode tok/s | vs 1 stream | mean step ms | worst step ms | last first token ms |")
+    print("|---|---|---|---|---|---|---|")
+    for (t, n) in sorted(med, key=lambda k: (int(k[0]), int(k[1]))):
+        d = med[(t, n)]
+        one = med.get((t, "1"), {}).get("aggregate_decode_tps")
+        ratio = f"{d['aggregate_decode_tps'] / one:.2f}x" if one else "-"
+        print(f"| {t} | {n} | {d['aggregate_decode_tps']:.1f} | {ratio} | {d['step_ms']:.1f} | "
+              f"{d['max_step_ms']:.0f} | {d['last_first_token_ms']:.0f} |")
 PY

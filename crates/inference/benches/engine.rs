@@ -6,10 +6,18 @@
 //! end-of-generation masked, through the real engine. One `RESULT` line per thread count,
 //! in the format `benches/llamacpp-baseline.sh` reads, which runs llama.cpp on the same
 //! file in the same run. Without the model file it prints a note and measures nothing.
+//!
+//! Then continuous batching (unless `BATCH_STREAMS` is empty): for each stream count in
+//! `BATCH_STREAMS` ("1 4"), that many concurrent requests with different 32-token prompts
+//! and `BATCH_DECODE_TOKENS` (64) greedy tokens each; one `BATCH` line per count with the
+//! aggregate decode rate while all streams decode, the mean and worst gap between a
+//! stream's tokens (its per-step latency) and when the last stream got its first token.
 #![allow(clippy::print_stdout, clippy::print_stderr, missing_docs)]
 
+use std::time::Instant;
+
 use switchyard_inference::{
-    Engine, GenerateRequest, InferenceSettings, Input, SamplingParams, default_model_path,
+    Engine, Event, GenerateRequest, InferenceSettings, Input, SamplingParams, default_model_path,
 };
 
 /// The same text `benches/llamacpp_bench.py` uses.
@@ -93,5 +101,75 @@ fn main() {
             "RESULT engine=switchyard threads={t} load_ms={load_ms:.1} prefill_tps={prefill:.1} decode_tps={decode:.1} rss_mb={:.1}",
             peak_rss_mb()
         );
+        let streams: Vec<usize> = std::env::var("BATCH_STREAMS")
+            .unwrap_or_else(|_| "1 4".into())
+            .split_whitespace()
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        for n in streams {
+            batch(&engine, t, n, env_usize("BATCH_DECODE_TOKENS", 64));
+        }
     }
+}
+
+/// `n` concurrent greedy streams of `decode` tokens on different 32-token prompts, all
+/// submitted at once. The aggregate rate counts the tokens (text events) of every stream
+/// inside the window where all of them are decoding (from the last stream's first token
+/// to the first stream's last), over the window's length.
+fn batch(engine: &Engine, threads: usize, n: usize, decode: usize) {
+    let Ok(all) = engine.prompt_tokens(&Input::Text(TEXT.repeat(2))) else {
+        eprintln!("cannot tokenize");
+        std::process::exit(1);
+    };
+    let submitted = Instant::now();
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let generation = engine.submit(GenerateRequest {
+                input: Input::Tokens(all[i * 8..i * 8 + 32].to_vec()),
+                max_tokens: Some(decode),
+                sampling: SamplingParams::greedy(),
+                stop: Vec::new(),
+                ignore_eos: true,
+            });
+            std::thread::spawn(move || {
+                let mut times = Vec::new();
+                let Ok(mut generation) = generation else { return times };
+                while let Some(event) = generation.blocking_next() {
+                    match event {
+                        Event::Text(_) => times.push(Instant::now()),
+                        Event::Started { .. } => {}
+                        Event::Done(_) | Event::Error(_) => break,
+                    }
+                }
+                times
+            })
+        })
+        .collect();
+    let streams: Vec<Vec<Instant>> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
+    if streams.len() != n || streams.iter().any(|t| t.len() < 2) {
+        eprintln!("a stream failed");
+        std::process::exit(1);
+    }
+    let from = streams.iter().filter_map(|t| t.first()).max().copied().unwrap_or(submitted);
+    let to = streams.iter().filter_map(|t| t.last()).min().copied().unwrap_or(submitted);
+    let in_window: usize =
+        streams.iter().map(|t| t.iter().filter(|&&i| i > from && i <= to).count()).sum();
+    #[allow(clippy::cast_precision_loss)]
+    let aggregate = in_window as f64 / (to - from).as_secs_f64();
+    // Per stream: the mean gap between its tokens, and the worst gap.
+    let gaps: Vec<f64> = streams
+        .iter()
+        .flat_map(|t| t.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0))
+        .collect();
+    #[allow(clippy::cast_precision_loss)]
+    let mean_gap = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    let max_gap = gaps.iter().copied().fold(0.0, f64::max);
+    let first_token_ms = streams
+        .iter()
+        .filter_map(|t| t.first())
+        .map(|t| (*t - submitted).as_secs_f64() * 1000.0)
+        .fold(0.0, f64::max);
+    println!(
+        "BATCH engine=switchyard threads={threads} streams={n} aggregate_decode_tps={aggregate:.1} step_ms={mean_gap:.1} max_step_ms={max_gap:.1} last_first_token_ms={first_token_ms:.0}"
+    );
 }

@@ -3,8 +3,10 @@
 //!
 //! The scheduler admits up to `max_concurrent` sequences and lets `max_queue` more
 //! wait; beyond that [`Engine::submit`] refuses at once with [`Error::Overloaded`].
-//! Active sequences advance one step each in turn (a prompt chunk or one token), so a
-//! long answer does not starve a short one. Each sequence streams [`Event`]s over its
+//! Continuous batching: every step is one batched forward pass over all active
+//! sequences (each decoding sequence's next token, each new sequence's next prompt
+//! chunk), so the weights are read once per step for all of them; sequences join after
+//! admission and leave between steps, each with its own KV cache and position. Each sequence streams [`Event`]s over its
 //! own channel and is dropped, freeing its slot, as soon as that channel's receiver is.
 
 use std::collections::VecDeque;
@@ -20,8 +22,9 @@ use tokio::sync::mpsc;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::metrics as m;
-use crate::model::{KvCache, LoadOptions, Model};
+use crate::model::{KvCache, Model, Segment};
 use crate::paths::default_model_path;
+use crate::quant::Formats;
 use crate::sampling::{Sampler, SamplingParams, StopMatcher, StopOutcome};
 use crate::settings::InferenceSettings;
 use crate::template::{ChatTemplate, TemplateMessage};
@@ -75,6 +78,12 @@ pub struct EngineStats {
     pub queued: usize,
     /// Tokens generated since load.
     pub tokens_generated: u64,
+    /// Batched forward passes (scheduler steps) since load.
+    pub steps: u64,
+    /// Sequences advanced since load, summed over steps: `sequence_steps / steps` is
+    /// the mean batch (continuous batching shares each step among the active
+    /// sequences).
+    pub sequence_steps: u64,
 }
 
 /// What to generate from.
@@ -189,6 +198,8 @@ struct Shared {
     pending: AtomicUsize,
     running: AtomicUsize,
     tokens_generated: AtomicU64,
+    steps: AtomicU64,
+    sequence_steps: AtomicU64,
     /// EWMA of request durations in milliseconds, for the retry hint.
     avg_request_ms: AtomicU64,
 }
@@ -241,7 +252,7 @@ impl Engine {
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the compute pool: {e}")))?;
         let file = GgufFile::open(&path)?;
-        let options = LoadOptions { requantize: settings.requantize };
+        let options = Formats { requantize: settings.requantize, fast: settings.fast_kernels };
         // Loading (requantisation) may use every core: it happens once, before serving.
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let model = if cores > threads {
@@ -315,6 +326,8 @@ impl Engine {
             pending: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             tokens_generated: AtomicU64::new(0),
+            steps: AtomicU64::new(0),
+            sequence_steps: AtomicU64::new(0),
             avg_request_ms: AtomicU64::new(2_000),
         });
         let (commands, inbox) = std_mpsc::channel();
@@ -362,6 +375,8 @@ impl Engine {
             running: s.running.load(Ordering::Acquire),
             queued: s.queued(),
             tokens_generated: s.tokens_generated.load(Ordering::Relaxed),
+            steps: s.steps.load(Ordering::Relaxed),
+            sequence_steps: s.sequence_steps.load(Ordering::Relaxed),
         }
     }
 
@@ -511,24 +526,73 @@ impl Shared {
         })
     }
 
-    /// Advance one sequence by one prompt chunk or one token.
-    fn step(&self, seq: &mut Sequence, chunk: usize) -> Step {
-        if seq.events.is_closed() {
-            return Step::Finished;
-        }
-        let done = seq.cache.len();
-        let end = (done + chunk.max(1)).min(seq.tokens.len());
-        let last = end == seq.tokens.len();
-        let mut logits = match self.model.forward(&seq.tokens[done..end], &mut seq.cache, last) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = seq.events.send(Event::Error(e));
-                return Step::Finished;
+    /// One step of continuous batching: every active sequence advances together, by
+    /// its next token (decoding) or its next prompt chunk, in one batched forward pass
+    /// ([`Model::forward_batch`]). Prompt chunks share a budget of `prompt_budget`
+    /// tokens per step, first come first served (a sequence left without budget waits
+    /// for the next step), so a step's latency stays bounded for the decoding
+    /// sequences. Returns one [`Step`] per sequence, in order. Sequences whose receiver
+    /// is gone are left out of the pass.
+    fn step_all(&self, active: &mut [Sequence], prompt_budget: usize) -> Vec<Step> {
+        let mut steps: Vec<Step> = Vec::with_capacity(active.len());
+        let mut batch: Vec<(usize, bool)> = Vec::with_capacity(active.len());
+        let mut segments: Vec<Segment<'_>> = Vec::with_capacity(active.len());
+        let mut budget = prompt_budget.max(1);
+        for (i, seq) in active.iter_mut().enumerate() {
+            if seq.events.is_closed() {
+                steps.push(Step::Finished);
+                continue;
             }
-        };
-        if !last {
-            return Step::Continue;
+            steps.push(Step::Continue);
+            let done = seq.cache.len();
+            let remaining = seq.tokens.len() - done;
+            let take = if remaining == 1 { 1 } else { remaining.min(budget) };
+            if take == 0 {
+                continue;
+            }
+            if remaining > 1 {
+                budget -= take;
+            }
+            let end = done + take;
+            let last = end == seq.tokens.len();
+            batch.push((i, last));
+            segments.push(Segment {
+                tokens: &seq.tokens[done..end],
+                cache: &mut seq.cache,
+                logits: last,
+            });
         }
+        if segments.is_empty() {
+            return steps;
+        }
+        metrics::histogram!(m::BATCH_SEQUENCES).record(segments.len() as f64);
+        self.steps.fetch_add(1, Ordering::Relaxed);
+        self.sequence_steps.fetch_add(segments.len() as u64, Ordering::Relaxed);
+        let result = self.model.forward_batch(&mut segments);
+        drop(segments);
+        match result {
+            Ok(logits) => {
+                for ((i, last), logits) in batch.into_iter().zip(logits) {
+                    if last {
+                        steps[i] = self.sample(&mut active[i], logits);
+                    }
+                }
+            }
+            Err(e) => {
+                // A failed pass fails every sequence in it (the error is internal: the
+                // inputs were checked on admission).
+                tracing::error!(error = %e, sequences = batch.len(), "batched forward pass failed");
+                for (i, _) in batch {
+                    let _ = active[i].events.send(Event::Error(Error::Internal(e.to_string())));
+                    steps[i] = Step::Finished;
+                }
+            }
+        }
+        steps
+    }
+
+    /// Pick a sequence's next token from its logits and report it.
+    fn sample(&self, seq: &mut Sequence, mut logits: Vec<f32>) -> Step {
         if seq.ignore_eos {
             for &id in self.tokenizer.end_of_generation() {
                 if let Some(l) = logits.get_mut(id as usize) {
@@ -647,13 +711,13 @@ fn scheduler(shared: &Shared, pool: &rayon::ThreadPool, inbox: &std_mpsc::Receiv
         }
         metrics::gauge!(m::QUEUE_DEPTH).set(waiting.len() as f64);
         metrics::gauge!(m::ACTIVE_SEQUENCES).set(active.len() as f64);
-        // Prompt chunks are shorter while others decode, so they are not stalled long.
+        // Prompt tokens per step: fewer while others decode, so they are not stalled long.
         let chunk = if active.len() > 1 { batch.min(64) } else { batch };
-        let mut i = 0;
-        while i < active.len() {
-            let step = pool.install(|| shared.step(&mut active[i], chunk));
+        let steps = pool.install(|| shared.step_all(&mut active, chunk));
+        // Back to front, so `swap_remove` only moves sequences already handled.
+        for (i, step) in steps.into_iter().enumerate().rev() {
             match step {
-                Step::Continue => i += 1,
+                Step::Continue => {}
                 Step::Finished => {
                     active.swap_remove(i);
                     shared.running.fetch_sub(1, Ordering::AcqRel);

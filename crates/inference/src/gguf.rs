@@ -9,7 +9,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
-use crate::quant::Weight;
+use crate::quant::{Formats, Weight};
 
 /// An open GGUF file. Tensors are copied out of the map on request; the map itself is
 /// dropped with this value once the model is built.
@@ -101,19 +101,17 @@ impl GgufFile {
             .map_err(|e| Error::Model(format!("tensor `{name}`: {e}")))
     }
 
-    /// Tensor `name`, requantised to Q8_0 on the way when `requantize` is set and its
-    /// type has no fast kernel (Q4_1, Q5_0, Q5_1).
-    pub(crate) fn weight_requantized(&self, name: &str, requantize: bool) -> Result<Weight> {
-        if requantize && let Some(info) = self.content.tensor_infos.get(name) {
-            let (bytes, dims) = self.tensor_bytes(name)?;
-            if dims.last().is_some_and(|c| c.is_multiple_of(32))
-                && let Some(q8) = crate::quant::requantize_to_q8_0(info.ggml_dtype, bytes)
-            {
-                return Weight::from_gguf(candle_core::quantized::GgmlDType::Q8_0, &q8, dims)
-                    .map_err(|e| Error::Model(format!("tensor `{name}`: {e}")));
-            }
-        }
-        self.weight(name)
+    /// Tensor `name` in the form the engine runs it (see [`Weight::load`]).
+    pub(crate) fn weight_as(&self, name: &str, formats: Formats) -> Result<Weight> {
+        let dtype = self
+            .content
+            .tensor_infos
+            .get(name)
+            .map(|i| i.ggml_dtype)
+            .ok_or_else(|| Error::Model(format!("gguf file lacks tensor `{name}`")))?;
+        let (bytes, dims) = self.tensor_bytes(name)?;
+        Weight::load(dtype, bytes, dims, formats)
+            .map_err(|e| Error::Model(format!("tensor `{name}`: {e}")))
     }
 
     fn tensor_bytes(&self, name: &str) -> Result<(&[u8], &[usize])> {

@@ -5,8 +5,9 @@
 //! - **Loading** a memory-mapped GGUF file: the llama family (SmolLM2, TinyLlama,
 //!   Llama 2/3, Mistral; tied embeddings when `output.weight` is absent), qwen2 and
 //!   gemma3, chosen by `general.architecture` (anything else is
-//!   [`Error::UnsupportedArchitecture`]). Q4_1/Q5_0/Q5_1 weights are requantised to
-//!   Q8_0, which has a SIMD kernel and keeps greedy output identical on our prompt set.
+//!   [`Error::UnsupportedArchitecture`]). Q4_1/Q5_0/Q5_1 weights run with the numerics
+//!   of their Q8_0 requantisation (Q4_1 kept 4-bit), through this crate's SIMD kernels
+//!   (AVX-512 VNNI, AVX2, chosen at run time; bit-identical to candle's Q8_0 kernel).
 //! - **Tokenizing** from the file's own vocabulary (byte-level BPE and SentencePiece,
 //!   matching llama.cpp), and rendering its **chat template** (Jinja, via minijinja;
 //!   ChatML when the file has none).
@@ -14,8 +15,10 @@
 //!   stop sequences that are never emitted, `max_tokens` and the context window, token
 //!   streaming over a channel that stops the work within one token when dropped.
 //! - **Scheduling**: one scheduler thread and one compute pool per [`Engine`], sized
-//!   from [`InferenceSettings::threads`]; a bounded number of concurrent sequences and a
-//!   bounded wait queue, beyond which requests fail fast with [`Error::Overloaded`].
+//!   from [`InferenceSettings::threads`]; a bounded number of concurrent sequences,
+//!   **continuously batched** (each step is one forward pass over every active
+//!   sequence's next token or prompt chunk, each with its own KV cache), and a bounded
+//!   wait queue, beyond which requests fail fast with [`Error::Overloaded`].
 //! - **Serving**: [`LocalBackend`] implements `switchyard_core::Backend` for
 //!   `/v1/chat/completions` and `/v1/completions`, whole or streamed as SSE.
 //!
@@ -27,7 +30,7 @@
 //! kernels, because candle-transformers' models copy the embedding table to f32, crash
 //! on batched prefill, and run on a process-wide pool sized once from the environment;
 //! owning the forward pass, the per-sequence KV cache and the pool is also what
-//! continuous batching needs next. Generation never runs on async runtime threads: the
+//! continuous batching needs. Generation never runs on async runtime threads: the
 //! engine has its own, and async callers only await channel receives.
 //!
 //! # Example

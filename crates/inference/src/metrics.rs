@@ -16,6 +16,8 @@ pub const QUEUE_DEPTH: &str = "switchyard_inference_queue_depth";
 pub const ACTIVE_SEQUENCES: &str = "switchyard_inference_active_sequences";
 /// Requests refused because the queue was full.
 pub const REJECTED: &str = "switchyard_inference_rejected_total";
+/// Sequences sharing each batched forward pass (continuous batching).
+pub const BATCH_SEQUENCES: &str = "switchyard_inference_batch_sequences";
 /// Seconds the last model load took.
 pub const LOAD_SECONDS: &str = "switchyard_inference_model_load_seconds";
 
@@ -32,5 +34,10 @@ pub fn describe() {
     describe_gauge!(QUEUE_DEPTH, Unit::Count, "Requests waiting for a local sequence slot");
     describe_gauge!(ACTIVE_SEQUENCES, Unit::Count, "Sequences the local model is generating");
     describe_counter!(REJECTED, Unit::Count, "Requests refused because the local queue was full");
+    describe_histogram!(
+        BATCH_SEQUENCES,
+        Unit::Count,
+        "Sequences sharing each batched forward pass of the local model"
+    );
     describe_gauge!(LOAD_SECONDS, Unit::Seconds, "Seconds the local model took to load");
 }

@@ -6,13 +6,13 @@
 //! build a RoPE table for the whole trained context per layer, crash on batched
 //! prefill, carry gemma3 bugs (SiLU for GELU), and run candle's ops on a process-wide
 //! thread pool we cannot size. Here each sequence owns its [`KvCache`] and its position,
-//! which is what continuous batching needs next.
+//! which is what continuous batching ([`Model::forward_batch`]) builds on.
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::quant::Weight;
+use crate::quant::{Formats, Weight};
 
 /// The architectures this crate runs, from `general.architecture`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,19 +83,31 @@ pub(crate) struct Model {
     inv_freq_local: Vec<f32>,
 }
 
+/// One sequence's part of a batched forward pass ([`Model::forward_batch`]).
+pub(crate) struct Segment<'a> {
+    /// The tokens to run (positions `cache.len()..`).
+    pub(crate) tokens: &'a [u32],
+    /// The sequence's cache, appended to.
+    pub(crate) cache: &'a mut KvCache,
+    /// Whether to return the logits of the last token.
+    pub(crate) logits: bool,
+}
+
+/// Where a segment's rows sit in a batch: rows `off..off + m`, positions
+/// `start..start + m`.
+#[derive(Clone, Copy)]
+struct Rows {
+    off: usize,
+    m: usize,
+    start: usize,
+}
+
 /// One sequence's keys and values, `[position][kv_head][head_dim]` per layer. Grows as
 /// the sequence does; nothing is preallocated for the whole context.
 pub(crate) struct KvCache {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
     len: usize,
-}
-
-/// How model loading treats weight formats.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct LoadOptions {
-    /// Requantise Q4_1/Q5_0/Q5_1 to Q8_0.
-    pub(crate) requantize: bool,
 }
 
 impl ModelConfig {
@@ -162,9 +174,9 @@ impl ModelConfig {
 
 impl Model {
     /// Build the model from an open file. Runs on the current rayon pool.
-    pub(crate) fn load(file: &GgufFile, options: LoadOptions) -> Result<Self> {
+    pub(crate) fn load(file: &GgufFile, formats: Formats) -> Result<Self> {
         let mut config = ModelConfig::from_gguf(file)?;
-        let load = |name: &str| file.weight_requantized(name, options.requantize);
+        let load = |name: &str| file.weight_as(name, formats);
         let embeddings = load("token_embd.weight")?;
         config.vocab = embeddings.rows();
         if embeddings.cols() != config.hidden {
@@ -230,7 +242,7 @@ impl Model {
     pub(crate) fn weight_types(&self) -> String {
         let mut counts: Vec<(String, usize)> = Vec::new();
         let mut add = |w: &Weight| {
-            let name = format!("{:?}", w.dtype());
+            let name = w.type_name();
             match counts.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, c)) => *c += 1,
                 None => counts.push((name, 1)),
@@ -259,20 +271,50 @@ impl Model {
 
     /// Run `tokens` (positions `cache.len()..`) through the model, appending to the
     /// cache; returns the logits of the last token when `logits` is set. Runs on the
-    /// current rayon pool.
+    /// current rayon pool. (The engine always goes through [`Model::forward_batch`].)
+    #[cfg(test)]
     pub(crate) fn forward(
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
         logits: bool,
     ) -> Result<Vec<f32>> {
+        let mut segments = [Segment { tokens, cache, logits }];
+        Ok(self.forward_batch(&mut segments)?.pop().unwrap_or_default())
+    }
+
+    /// One step of continuous batching: every segment's tokens (one sequence's next
+    /// token, or a chunk of its prompt) go through the model in one pass. Row-wise work
+    /// (norms, every matrix product, activations) runs over all the rows at once, so
+    /// each weight is read once per step however many sequences share it; RoPE, the
+    /// KV-cache append and attention run per segment, at that segment's positions and
+    /// over its own cache. Returns one vector per segment: the logits of its last token
+    /// when it asked for them, empty otherwise.
+    ///
+    /// A segment's results do not depend on the others in the batch: every kernel
+    /// computes each activation row on its own, with the same operations in the same
+    /// order (see [`crate::kernels`]), so a sequence decoded in a batch produces the
+    /// same logits, bit for bit, as decoded alone (tested).
+    pub(crate) fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
-        let m = tokens.len();
-        if m == 0 {
+        let h = c.hidden;
+        if segments.is_empty() || segments.iter().any(|s| s.tokens.is_empty()) {
             return Err(Error::Internal("forward called with no tokens".into()));
         }
-        let h = c.hidden;
+        let rows: Vec<Rows> = {
+            let mut off = 0;
+            segments
+                .iter()
+                .map(|s| {
+                    let r = Rows { off, m: s.tokens.len(), start: s.cache.len };
+                    off += r.m;
+                    r
+                })
+                .collect()
+        };
+        let m: usize = rows.iter().map(|r| r.m).sum();
         let mut x = vec![0f32; m * h];
+        let tokens = segments.iter().flat_map(|s| s.tokens.iter());
         for (row, &tok) in x.chunks_mut(h).zip(tokens) {
             let tok = tok as usize;
             if tok >= c.vocab {
@@ -285,7 +327,7 @@ impl Model {
             let scale = (h as f32).sqrt();
             x.iter_mut().for_each(|v| *v *= scale);
         }
-        let start = cache.len;
+        let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let mut normed = vec![0f32; m * h];
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &layer.attn_norm, c.eps, &mut normed);
@@ -305,12 +347,20 @@ impl Model {
                 rms_norm_heads(&mut k, w, c.eps);
             }
             let freqs = if layer.local { &self.inv_freq_local } else { &self.inv_freq };
-            self.rope(&mut q, c.heads, start, freqs);
-            self.rope(&mut k, c.kv_heads, start, freqs);
-            cache.k[li].extend_from_slice(&k);
-            cache.v[li].extend_from_slice(&v);
+            for (r, seg) in rows.iter().zip(segments.iter_mut()) {
+                let (qs, ks) =
+                    (r.off * q_dim..(r.off + r.m) * q_dim, r.off * kv_dim..(r.off + r.m) * kv_dim);
+                self.rope(&mut q[qs], c.heads, r.start, freqs);
+                self.rope(&mut k[ks.clone()], c.kv_heads, r.start, freqs);
+                seg.cache.k[li].extend_from_slice(&k[ks.clone()]);
+                seg.cache.v[li].extend_from_slice(&v[ks]);
+            }
             let window = if layer.local { c.sliding_window } else { None };
-            let attn = self.attention(&q, &cache.k[li], &cache.v[li], start, m, window);
+            let caches: Vec<(&[f32], &[f32])> = segments
+                .iter()
+                .map(|s| (s.cache.k[li].as_slice(), s.cache.v[li].as_slice()))
+                .collect();
+            let attn = self.attention(&q, &rows, &caches, window);
             let mut o = layer.wo.matmul(&attn, m);
             if let Some(w) = &layer.post_attn_norm {
                 rms_norm_in_place(&mut o, w, c.eps);
@@ -332,14 +382,27 @@ impl Model {
             }
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
-        cache.len += m;
-        if !logits {
-            return Ok(Vec::new());
+        for (r, seg) in rows.iter().zip(segments.iter_mut()) {
+            seg.cache.len += r.m;
         }
-        let mut last = vec![0f32; h];
-        rms_norm_rows(&x[(m - 1) * h..], &self.output_norm, c.eps, &mut last);
+        // The output layer (the largest matrix) once for every sequence that samples.
+        let wanted: Vec<usize> = (0..segments.len()).filter(|&i| segments[i].logits).collect();
+        let mut results = vec![Vec::new(); segments.len()];
+        if wanted.is_empty() {
+            return Ok(results);
+        }
+        let mut last = vec![0f32; wanted.len() * h];
+        for (out, &i) in last.chunks_mut(h).zip(&wanted) {
+            let row = rows[i].off + rows[i].m - 1;
+            rms_norm_rows(&x[row * h..(row + 1) * h], &self.output_norm, c.eps, out);
+        }
         let out = self.output.as_ref().unwrap_or(&self.embeddings);
-        Ok(out.matmul(&last, 1))
+        let logits = out.matmul(&last, wanted.len());
+        let vocab = out.rows();
+        for (chunk, &i) in logits.chunks(vocab).zip(&wanted) {
+            results[i] = chunk.to_vec();
+        }
+        Ok(results)
     }
 
     fn rope(&self, x: &mut [f32], heads: usize, start: usize, inv_freq: &[f32]) {
@@ -376,15 +439,15 @@ impl Model {
         }
     }
 
-    /// Causal attention of `m` new queries (positions `start..start + m`) over the cache,
-    /// grouped-query: query head `h` reads kv head `h / (heads / kv_heads)`.
+    /// Causal attention of every segment's new queries (rows `off..off + m`, positions
+    /// `start..start + m`) over that segment's cache, grouped-query: query head `h` reads
+    /// kv head `h / (heads / kv_heads)`. One parallel region over (segment, head) pairs
+    /// when there is enough work. Returns `[rows][heads][head_dim]`.
     fn attention(
         &self,
         q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        start: usize,
-        m: usize,
+        rows: &[Rows],
+        caches: &[(&[f32], &[f32])],
         window: Option<usize>,
     ) -> Vec<f32> {
         let c = &self.config;
@@ -393,13 +456,15 @@ impl Model {
         let kv_stride = c.kv_heads * hd;
         #[allow(clippy::cast_precision_loss)]
         let scale = 1.0 / (hd as f32).sqrt();
-        let work = |head: usize, out: &mut [f32]| {
+        let work = |seg: usize, head: usize, out: &mut [f32]| {
+            let Rows { off, m, start } = rows[seg];
+            let (k, v) = caches[seg];
             let kvh = head / group;
             let mut scores = Vec::with_capacity(start + m);
             for i in 0..m {
                 let pos = start + i;
                 let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                let qi = &q[(i * c.heads + head) * hd..][..hd];
+                let qi = &q[((off + i) * c.heads + head) * hd..][..hd];
                 scores.clear();
                 let mut max = f32::NEG_INFINITY;
                 for t in lo..=pos {
@@ -421,18 +486,32 @@ impl Model {
                 }
             }
         };
-        // Per head: [m][hd]; then interleave to [m][heads][hd].
-        let mut per_head = vec![0f32; c.heads * m * hd];
-        if m * (start + m) >= 64 {
-            per_head.par_chunks_mut(m * hd).enumerate().for_each(|(head, out)| work(head, out));
-        } else {
-            per_head.chunks_mut(m * hd).enumerate().for_each(|(head, out)| work(head, out));
+        // Per segment, per head: [m][hd]; then interleave to [rows][heads][hd].
+        let total: usize = rows.iter().map(|r| r.m).sum();
+        let mut per_head = vec![0f32; total * c.heads * hd];
+        let mut jobs: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(rows.len() * c.heads);
+        let mut rest = per_head.as_mut_slice();
+        for (seg, r) in rows.iter().enumerate() {
+            for head in 0..c.heads {
+                let (chunk, tail) = rest.split_at_mut(r.m * hd);
+                jobs.push((seg, head, chunk));
+                rest = tail;
+            }
         }
-        let mut out = vec![0f32; m * c.heads * hd];
-        for head in 0..c.heads {
-            for i in 0..m {
-                out[(i * c.heads + head) * hd..][..hd]
-                    .copy_from_slice(&per_head[(head * m + i) * hd..][..hd]);
+        let cost: usize = rows.iter().map(|r| r.m * (r.start + r.m)).sum();
+        if cost >= 64 {
+            jobs.into_par_iter().for_each(|(seg, head, out)| work(seg, head, out));
+        } else {
+            jobs.into_iter().for_each(|(seg, head, out)| work(seg, head, out));
+        }
+        let mut out = vec![0f32; total * c.heads * hd];
+        for r in rows {
+            let block = &per_head[r.off * c.heads * hd..(r.off + r.m) * c.heads * hd];
+            for head in 0..c.heads {
+                for i in 0..r.m {
+                    out[((r.off + i) * c.heads + head) * hd..][..hd]
+                        .copy_from_slice(&block[(head * r.m + i) * hd..][..hd]);
+                }
             }
         }
         out
@@ -517,7 +596,230 @@ fn gelu_tanh(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use candle_core::quantized::GgmlDType;
+    use candle_core::quantized::GgmlType;
+    use candle_core::quantized::k_quants::BlockQ8_0;
+
     use super::*;
+
+    fn values(n: usize, seed: &mut u64, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                ((*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// A random Q8_0 `[rows, cols]` weight in the form the engine runs it.
+    #[allow(unsafe_code)]
+    fn weight(rows: usize, cols: usize, seed: &mut u64, scale: f32, fast: bool) -> Weight {
+        let w = values(rows * cols, seed, scale);
+        let mut blocks = vec![BlockQ8_0::zeros(); rows * cols / 32];
+        BlockQ8_0::from_float(&w, &mut blocks);
+        let len = std::mem::size_of_val(blocks.as_slice());
+        let mut bytes = vec![0u8; len];
+        // SAFETY: candle's blocks are `#[repr(C)]` plain data; we copy their bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(blocks.as_ptr().cast::<u8>(), bytes.as_mut_ptr(), len)
+        };
+        Weight::load(GgmlDType::Q8_0, &bytes, &[rows, cols], Formats { requantize: true, fast })
+            .unwrap()
+    }
+
+    /// A tiny random model: grouped-query attention, and for gemma3 the extra norms and
+    /// a 4-token sliding window on the local layers.
+    fn tiny(arch: Arch, seed: u64, fast: bool) -> Model {
+        let (hidden, heads, kv_heads, head_dim, ffn, vocab, layers) = (64, 4, 2, 16, 128, 64, 3);
+        let mut seed = seed;
+        let gemma = arch == Arch::Gemma3;
+        let config = ModelConfig {
+            arch,
+            hidden,
+            layers,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab,
+            context_length: 256,
+            eps: 1e-5,
+            rope_dim: head_dim,
+            rope_base: 10_000.0,
+            rope_scale: 1.0,
+            rope_base_local: 10_000.0,
+            rope_style: if gemma { RopeStyle::Halves } else { RopeStyle::Adjacent },
+            sliding_window: gemma.then_some(4),
+            sliding_pattern: 2,
+        };
+        let norm = |seed: &mut u64, n: usize| -> Vec<f32> {
+            values(n, seed, 0.2).into_iter().map(|v| 1.0 + v).collect()
+        };
+        let layers = (0..layers)
+            .map(|i| Layer {
+                attn_norm: norm(&mut seed, hidden),
+                wq: weight(heads * head_dim, hidden, &mut seed, 0.3, fast),
+                wk: weight(kv_heads * head_dim, hidden, &mut seed, 0.3, fast),
+                wv: weight(kv_heads * head_dim, hidden, &mut seed, 0.3, fast),
+                bias: None,
+                q_norm: gemma.then(|| norm(&mut seed, head_dim)),
+                k_norm: gemma.then(|| norm(&mut seed, head_dim)),
+                wo: weight(hidden, heads * head_dim, &mut seed, 0.3, fast),
+                post_attn_norm: gemma.then(|| norm(&mut seed, hidden)),
+                ffn_norm: norm(&mut seed, hidden),
+                w_gate: weight(ffn, hidden, &mut seed, 0.3, fast),
+                w_up: weight(ffn, hidden, &mut seed, 0.3, fast),
+                w_down: weight(hidden, ffn, &mut seed, 0.3, fast),
+                post_ffn_norm: gemma.then(|| norm(&mut seed, hidden)),
+                local: gemma && (i + 1) % 2 != 0,
+            })
+            .collect();
+        Model {
+            embeddings: weight(vocab, hidden, &mut seed, 1.0, fast),
+            output: (!gemma).then(|| weight(vocab, hidden, &mut seed, 1.0, fast)),
+            output_norm: norm(&mut seed, hidden),
+            layers,
+            inv_freq: inv_freq(head_dim, 10_000.0, 1.0),
+            inv_freq_local: inv_freq_fn(head_dim, 10_000.0),
+            config,
+        }
+    }
+
+    fn argmax(logits: &[f32]) -> u32 {
+        let mut best = 0;
+        for (i, v) in logits.iter().enumerate() {
+            if *v > logits[best] {
+                best = i;
+            }
+        }
+        best as u32
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    /// Greedy tokens and the logits bits of every step, the sequence alone.
+    fn alone(model: &Model, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<u32>>) {
+        let mut cache = model.new_cache();
+        let mut logits = model.forward(prompt, &mut cache, true).unwrap();
+        let (mut tokens, mut all) = (Vec::new(), Vec::new());
+        for _ in 0..steps {
+            all.push(bits(&logits));
+            let t = argmax(&logits);
+            tokens.push(t);
+            logits = model.forward(&[t], &mut cache, true).unwrap();
+        }
+        (tokens, all)
+    }
+
+    /// The same sequences decoded together: sequence `i` joins at step `join[i]`, its
+    /// prompt goes in chunks of `chunk` tokens beside the others' decode tokens, and it
+    /// leaves after `steps` tokens.
+    fn batched(
+        model: &Model,
+        prompts: &[Vec<u32>],
+        join: &[usize],
+        chunk: usize,
+        steps: usize,
+    ) -> Vec<(Vec<u32>, Vec<Vec<u32>>)> {
+        struct Seq {
+            tokens: Vec<u32>,
+            cache: KvCache,
+            out: Vec<u32>,
+            logits: Vec<Vec<u32>>,
+        }
+        let mut seqs: Vec<Seq> = prompts
+            .iter()
+            .map(|p| Seq {
+                tokens: p.clone(),
+                cache: model.new_cache(),
+                out: vec![],
+                logits: vec![],
+            })
+            .collect();
+        let mut max_batch = 0;
+        for step in 0.. {
+            let mut segments = Vec::new();
+            let mut ids = Vec::new();
+            for (i, s) in seqs.iter_mut().enumerate() {
+                if step < join[i] || s.out.len() == steps {
+                    continue;
+                }
+                let done = s.cache.len();
+                let end = (done + chunk).min(s.tokens.len());
+                let last = end == s.tokens.len();
+                ids.push((i, last));
+                segments.push(Segment {
+                    tokens: &s.tokens[done..end],
+                    cache: &mut s.cache,
+                    logits: last,
+                });
+            }
+            if segments.is_empty() && step > *join.iter().max().unwrap() {
+                break;
+            }
+            if segments.is_empty() {
+                continue;
+            }
+            max_batch = max_batch.max(segments.len());
+            let logits = model.forward_batch(&mut segments).unwrap();
+            drop(segments);
+            for ((i, last), l) in ids.into_iter().zip(logits) {
+                if last {
+                    let s = &mut seqs[i];
+                    let t = argmax(&l);
+                    s.logits.push(bits(&l));
+                    s.out.push(t);
+                    s.tokens.push(t);
+                } else {
+                    assert!(l.is_empty());
+                }
+            }
+        }
+        assert!(max_batch >= 3, "the schedule must overlap sequences");
+        seqs.into_iter().map(|s| (s.out, s.logits)).collect()
+    }
+
+    #[test]
+    fn a_sequence_decoded_in_a_batch_matches_it_decoded_alone() {
+        // Our SIMD kernels and candle's (`fast_kernels: false`).
+        for (arch, seed, fast) in
+            [(Arch::Llama, 7, true), (Arch::Gemma3, 11, true), (Arch::Llama, 5, false)]
+        {
+            let model = tiny(arch, seed, fast);
+            // Where the CPU has them, `fast` weights run on this crate's kernels.
+            let ours = matches!(model.layers[0].wq, Weight::Q8x(_));
+            assert_eq!(ours, fast && crate::kernels::level() != crate::kernels::Level::Portable);
+            let prompts: Vec<Vec<u32>> = [5usize, 9, 1, 14]
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (0..n).map(|j| ((i * 17 + j * 5 + 3) % 64) as u32).collect())
+                .collect();
+            let steps = 10;
+            let want: Vec<_> = prompts.iter().map(|p| alone(&model, p, steps)).collect();
+            for (join, chunk) in [([0, 0, 0, 0], 64), ([0, 2, 3, 5], 4), ([4, 0, 7, 1], 3)] {
+                let got = batched(&model, &prompts, &join, chunk, steps);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.0, w.0, "{arch:?} sequence {i} tokens, joins {join:?}");
+                    assert_eq!(g.1, w.1, "{arch:?} sequence {i} logits, joins {join:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_with_an_empty_segment_is_an_error() {
+        let model = tiny(Arch::Llama, 3, true);
+        let (mut a, mut b) = (model.new_cache(), model.new_cache());
+        let mut segments = [
+            Segment { tokens: &[1, 2], cache: &mut a, logits: true },
+            Segment { tokens: &[], cache: &mut b, logits: true },
+        ];
+        assert!(model.forward_batch(&mut segments).is_err());
+        assert!(model.forward_batch(&mut []).is_err());
+    }
 
     #[test]
     fn dot_matches_naive_sum_for_odd_lengths() {

@@ -1,12 +1,13 @@
 //! Quantized weights and the two kernels the model needs from them: a matrix product
 //! with f32 activations, and a row lookup (token embeddings).
 //!
-//! The per-block dot products are candle's (`GgmlType::vec_dot`, SIMD where candle has
-//! it); the driver around them is ours, so the work runs on the engine's own rayon pool
-//! (candle's quantized matmul uses a process-wide pool sized once from the environment)
-//! and several weights that share an input (q/k/v, gate/up) run in one parallel region.
-//! Everything model code needs goes through [`Weight`], the one place a faster kernel
-//! will plug in.
+//! Q8_0 weights, and Q4_1 weights served with the numerics of their Q8_0
+//! requantisation, go through this crate's own kernels ([`kernels`]) when the CPU has
+//! AVX2 (bit-identical to candle's dot product, several times faster); every other
+//! format, and every format on other CPUs, through candle's per-block dot products
+//! (`GgmlType::vec_dot`). The driver around them is ours, so the work runs on the
+//! engine's own pool, and several weights that share an input (q/k/v, gate/up) run in
+//! one parallel region. Everything model code needs goes through [`Weight`].
 
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::k_quants::{
@@ -17,7 +18,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernels;
+use crate::kernels::{self, Q8Rows, Q41Rows, QuantActs};
 
 /// A row-major `[rows, cols]` matrix of blocks: row `r` is `data[r * bpr..(r + 1) * bpr]`.
 #[derive(Clone)]
@@ -42,11 +43,25 @@ pub(crate) enum Weight {
     Q4K(Blocks<BlockQ4K>),
     Q5K(Blocks<BlockQ5K>),
     Q6K(Blocks<BlockQ6K>),
+    /// Q8_0 for this crate's kernels.
+    Q8x(Q8Rows),
+    /// Q4_1 with Q8_0 numerics, for this crate's kernels.
+    Q41x(Q41Rows),
+}
+
+/// How [`Weight::load`] stores a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Formats {
+    /// Q4_1/Q5_0/Q5_1 get Q8_0 numerics (Q4_1 stays 4-bit with the fast kernels).
+    pub(crate) requantize: bool,
+    /// Use this crate's kernels where they apply (and the CPU has them).
+    pub(crate) fast: bool,
 }
 
 macro_rules! dispatch {
     ($w:expr, $b:ident => $body:expr) => {
         match $w {
+            Weight::Q8x(_) | Weight::Q41x(_) => unreachable!("handled before dispatch"),
             Weight::F32($b) => $body,
             Weight::F16($b) => $body,
             Weight::Q4_0($b) => $body,
@@ -116,7 +131,7 @@ impl<T: GgmlType> Blocks<T> {
 
 /// Copy raw GGUF tensor bytes into a vector of block structs.
 #[allow(unsafe_code)]
-fn copy_bytes_into<T: GgmlType>(bytes: &[u8], out: &mut [T]) {
+pub(crate) fn copy_bytes_into<T: GgmlType>(bytes: &[u8], out: &mut [T]) {
     let len = std::mem::size_of_val(out);
     assert_eq!(bytes.len(), len, "caller checked the sizes");
     // SAFETY: candle's block types (and f32/f16) are `#[repr(C)]` structs of f16 and
@@ -129,13 +144,10 @@ fn copy_bytes_into<T: GgmlType>(bytes: &[u8], out: &mut [T]) {
 }
 
 impl Weight {
-    /// Build a weight from GGUF tensor bytes. `dims` is row-major (outputs first).
+    /// Build a weight from GGUF tensor bytes as its own format (candle's kernels).
+    /// `dims` is row-major (outputs first).
     pub(crate) fn from_gguf(dtype: GgmlDType, bytes: &[u8], dims: &[usize]) -> Result<Self> {
-        let (rows, cols) = match *dims {
-            [cols] => (1, cols),
-            [rows, cols] => (rows, cols),
-            _ => return Err(Error::Model(format!("expected a matrix, got shape {dims:?}"))),
-        };
+        let (rows, cols) = matrix_dims(dims)?;
         Ok(match dtype {
             GgmlDType::F32 => Weight::F32(Blocks::from_bytes(bytes, rows, cols)?),
             GgmlDType::F16 => Weight::F16(Blocks::from_bytes(bytes, rows, cols)?),
@@ -155,22 +167,66 @@ impl Weight {
         })
     }
 
+    /// Build a weight the way the engine runs it: Q4_1/Q5_0/Q5_1 with Q8_0 numerics
+    /// when `formats.requantize`, this crate's kernels where they apply.
+    pub(crate) fn load(
+        dtype: GgmlDType,
+        bytes: &[u8],
+        dims: &[usize],
+        formats: Formats,
+    ) -> Result<Self> {
+        let (rows, cols) = matrix_dims(dims)?;
+        let fast = formats.fast && kernels::level() != kernels::Level::Portable;
+        let whole_blocks = cols.is_multiple_of(kernels::QK);
+        if fast && whole_blocks && dtype == GgmlDType::Q8_0 {
+            return Ok(Weight::Q8x(Q8Rows::from_gguf_bytes(bytes, rows, cols)?));
+        }
+        if fast
+            && whole_blocks
+            && formats.requantize
+            && dtype == GgmlDType::Q4_1
+            && let Some(w) = Q41Rows::from_gguf_bytes(bytes, rows, cols)?
+        {
+            return Ok(Weight::Q41x(w));
+        }
+        if formats.requantize
+            && whole_blocks
+            && let Some(q8) = requantize_to_q8_0(dtype, bytes)
+        {
+            return Weight::load(GgmlDType::Q8_0, &q8, dims, formats);
+        }
+        Weight::from_gguf(dtype, bytes, dims)
+    }
+
     /// Outputs (rows).
     pub(crate) fn rows(&self) -> usize {
-        dispatch!(self, b => b.rows)
+        match self {
+            Weight::Q8x(w) => w.rows(),
+            Weight::Q41x(w) => w.rows(),
+            other => dispatch!(other, b => b.rows),
+        }
     }
 
     /// Inputs (columns).
     pub(crate) fn cols(&self) -> usize {
-        dispatch!(self, b => b.cols)
+        match self {
+            Weight::Q8x(w) => w.cols(),
+            Weight::Q41x(w) => w.cols(),
+            other => dispatch!(other, b => b.cols),
+        }
     }
 
-    /// The GGML type name, for logs.
-    pub(crate) fn dtype(&self) -> GgmlDType {
+    /// The format's name, for logs and [`crate::ModelInfo::weight_types`]: the GGML
+    /// type, or `Q8_0(Q4_1)` for Q4_1 weights with Q8_0 numerics.
+    pub(crate) fn type_name(&self) -> String {
         fn of<T: GgmlType>(_: &Blocks<T>) -> GgmlDType {
             T::DTYPE
         }
-        dispatch!(self, b => of(b))
+        match self {
+            Weight::Q8x(_) => "Q8_0".into(),
+            Weight::Q41x(_) => "Q8_0(Q4_1)".into(),
+            other => format!("{:?}", dispatch!(other, b => of(b))),
+        }
     }
 
     /// Whether requantising to Q8_0 speeds this weight up: candle has no SIMD dot
@@ -187,6 +243,7 @@ impl Weight {
     pub(crate) fn to_q8_0(&self) -> Weight {
         match self {
             Weight::Q8_0(b) => Weight::Q8_0(b.clone()),
+            Weight::Q8x(_) | Weight::Q41x(_) => unreachable!("test helper for candle formats"),
             other => Weight::Q8_0(dispatch!(other, b => b.to_q8_0())),
         }
     }
@@ -202,21 +259,25 @@ impl Weight {
 
     /// Dequantise row `r` into `out` (`out.len() == cols`).
     pub(crate) fn row_into(&self, r: usize, out: &mut [f32]) {
-        dispatch!(self, b => to_float_row(b, r, out))
+        match self {
+            Weight::Q8x(w) => w.row_into(r, out),
+            Weight::Q41x(w) => w.row_into(r, out),
+            other => dispatch!(other, b => to_float_row(b, r, out)),
+        }
     }
 
     /// `out[i, j] = sum_k x[i, k] * self[j, k]` for `m` rows of `x`. Runs on the
     /// current rayon pool.
     pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        if let Weight::Q8_0(b) = self {
-            return matmul_group(&[b], x, m, q8_0_chunk).pop().unwrap_or_default();
-        }
-        dispatch!(self, b => matmul_group(&[b], x, m, generic_chunk).pop().unwrap_or_default())
+        Weight::matmul_many(&[self], x, m).pop().unwrap_or_default()
     }
 
     /// Several products sharing one input, in one parallel region when the weights
-    /// have the same type (q/k/v, gate/up).
+    /// have the same kind of kernel (q/k/v, gate/up).
     pub(crate) fn matmul_many(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+        if weights.iter().all(|w| matches!(w, Weight::Q8x(_) | Weight::Q41x(_))) {
+            return matmul_fast(weights, x, m);
+        }
         macro_rules! same {
             ($variant:ident, $kernel:expr) => {{
                 let group: Option<Vec<_>> = weights
@@ -232,13 +293,32 @@ impl Weight {
             }};
         }
         match weights.first() {
-            Some(Weight::Q8_0(_)) => same!(Q8_0, q8_0_chunk),
+            Some(Weight::Q8_0(_)) => same!(Q8_0, generic_chunk),
             Some(Weight::Q4_0(_)) => same!(Q4_0, generic_chunk),
             Some(Weight::Q4K(_)) => same!(Q4K, generic_chunk),
             Some(Weight::Q6K(_)) => same!(Q6K, generic_chunk),
             _ => {}
         }
-        weights.iter().map(|w| w.matmul(x, m)).collect()
+        if weights.len() > 1 {
+            return weights.iter().map(|w| w.matmul(x, m)).collect();
+        }
+        match weights.first() {
+            Some(Weight::Q8x(_) | Weight::Q41x(_)) => matmul_fast(weights, x, m),
+            Some(w) => {
+                vec![
+                    dispatch!(w, b => matmul_group(&[b], x, m, generic_chunk).pop().unwrap_or_default()),
+                ]
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
+fn matrix_dims(dims: &[usize]) -> Result<(usize, usize)> {
+    match *dims {
+        [cols] => Ok((1, cols)),
+        [rows, cols] => Ok((rows, cols)),
+        _ => Err(Error::Model(format!("expected a matrix, got shape {dims:?}"))),
     }
 }
 
@@ -317,7 +397,7 @@ fn decode_block(dtype: GgmlDType, b: &[u8], vals: &mut [f32; 32]) {
 /// away from zero like `f32::round`, written so LLVM vectorises it (lane-wise maxima,
 /// no `roundf` calls).
 #[allow(clippy::cast_possible_truncation)]
-fn encode_q8_0(vals: &[f32; 32], out: &mut [u8]) {
+pub(crate) fn encode_q8_0(vals: &[f32; 32], out: &mut [u8]) {
     let mut lanes = [0f32; 8];
     for chunk in vals.chunks_exact(8) {
         for (l, v) in lanes.iter_mut().zip(chunk) {
@@ -368,41 +448,6 @@ fn generic_chunk<T: GgmlType>(
     }
 }
 
-/// Q8_0: for several activation rows (prefill), four weight rows at a time through
-/// [`kernels::dot4_q8_0`] (bit-identical to candle's dot product, faster); one row at a
-/// time otherwise.
-fn q8_0_chunk(
-    w: &Blocks<BlockQ8_0>,
-    col0: usize,
-    chunk: &mut [f32],
-    xq: &[BlockQ8_0],
-    k: usize,
-    m: usize,
-) {
-    let vbpr = k / BlockQ8_0::BLCK_SIZE;
-    let cols = chunk.len() / m;
-    let mut j = 0;
-    // One activation row (decode) streams the weights once either way; measured, the
-    // four-row kernel only pays off when several rows reuse each weight block.
-    while m > 1 && j + 4 <= cols {
-        let rows = [w.row(col0 + j), w.row(col0 + j + 1), w.row(col0 + j + 2), w.row(col0 + j + 3)];
-        for i in 0..m {
-            let d = kernels::dot4_q8_0(k, rows, &xq[i * vbpr..(i + 1) * vbpr]);
-            for (r, v) in d.into_iter().enumerate() {
-                chunk[(j + r) * m + i] = v;
-            }
-        }
-        j += 4;
-    }
-    while j < cols {
-        let wrow = w.row(col0 + j);
-        for i in 0..m {
-            chunk[j * m + i] = BlockQ8_0::vec_dot(k, wrow, &xq[i * vbpr..(i + 1) * vbpr]);
-        }
-        j += 1;
-    }
-}
-
 /// Quantise `m` rows of `k` activations to `V`, in parallel for big inputs. Q8_0 (the
 /// dot-product type of Q8_0 and Q4_0 weights) goes through [`encode_q8_0`], which gives
 /// candle's `from_float` result without its per-element `roundf` calls.
@@ -434,6 +479,59 @@ fn quantize_activations<V: GgmlType>(x: &[f32], m: usize, k: usize) -> Vec<V> {
     xq
 }
 
+/// The driver for this crate's kernels: quantise the activations once, then compute
+/// output columns in parallel tasks over all the weights.
+fn matmul_fast(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    let Some(first) = weights.first() else { return Vec::new() };
+    let k = first.cols();
+    debug_assert!(weights.iter().all(|w| w.cols() == k));
+    debug_assert_eq!(x.len(), m * k);
+    let acts = QuantActs::new(x, m, k);
+    let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; w.rows() * m]).collect();
+    {
+        let mut tasks: Vec<(&Weight, usize, &mut [f32])> = Vec::new();
+        for (w, out) in weights.iter().zip(outs.iter_mut()) {
+            for (t, chunk) in out.chunks_mut(COLS_PER_TASK * m).enumerate() {
+                tasks.push((w, t * COLS_PER_TASK, chunk));
+            }
+        }
+        let acts = &acts;
+        tasks.into_par_iter().for_each(|(w, col0, chunk)| {
+            let cols = col0..col0 + chunk.len() / m;
+            match w {
+                Weight::Q8x(q) => kernels::matmul_q8(q, cols, acts, chunk),
+                Weight::Q41x(q) => kernels::matmul_q41(q, cols, acts, chunk),
+                _ => {}
+            }
+        });
+    }
+    if m > 1 {
+        for out in &mut outs {
+            *out = transpose(out, m);
+        }
+    }
+    outs
+}
+
+/// Column-major `[n][m]` to row-major `[m][n]`.
+fn transpose(colmajor: &[f32], m: usize) -> Vec<f32> {
+    let n = colmajor.len() / m;
+    let mut t = vec![0f32; n * m];
+    // Blocks of 16 columns: their `16 * m` source values sit together, and each output
+    // row gets a contiguous run of 16 (no bounds checks in the inner loop).
+    for (c, block) in colmajor.chunks(16 * m).enumerate() {
+        for (i, row) in t.chunks_exact_mut(n).enumerate() {
+            let out = &mut row[16 * c..];
+            for (o, col) in out.iter_mut().zip(block.chunks_exact(m)) {
+                if let Some(v) = col.get(i) {
+                    *o = *v;
+                }
+            }
+        }
+    }
+    t
+}
+
 /// The shared driver: quantise the activations once to each weight's dot-product
 /// type, then compute output columns in parallel tasks over all the weights.
 fn matmul_group<T: GgmlType>(
@@ -461,15 +559,8 @@ fn matmul_group<T: GgmlType>(
         tasks.into_par_iter().for_each(|(w, col0, chunk)| kernel(w, col0, chunk, xq, k, m));
     }
     if m > 1 {
-        for (w, out) in weights.iter().zip(outs.iter_mut()) {
-            let n = w.rows;
-            let mut t = vec![0f32; n * m];
-            for col in 0..n {
-                for i in 0..m {
-                    t[i * n + col] = out[col * m + i];
-                }
-            }
-            *out = t;
+        for out in &mut outs {
+            *out = transpose(out, m);
         }
     }
     outs
@@ -585,6 +676,19 @@ mod tests {
             let mut slow = vec![BlockQ8_0::zeros(); m * k / 32];
             BlockQ8_0::from_float(&x, &mut slow);
             assert!(fast == slow, "m={m} k={k}");
+        }
+    }
+
+    #[test]
+    fn transpose_turns_column_major_into_row_major() {
+        for (n, m) in [(1, 1), (5, 3), (17, 4), (40, 33)] {
+            let colmajor: Vec<f32> = (0..n * m).map(|v| v as f32).collect();
+            let t = transpose(&colmajor, m);
+            for i in 0..m {
+                for col in 0..n {
+                    assert_eq!(t[i * n + col], colmajor[col * m + i], "n={n} m={m}");
+                }
+            }
         }
     }
 

@@ -28,9 +28,14 @@ pub struct InferenceSettings {
     pub max_queue: usize,
     /// Generation limit when a request gives none. Default 512.
     pub default_max_tokens: usize,
-    /// Requantise Q4_1/Q5_0/Q5_1 weights to Q8_0 at load (faster kernels, same
-    /// greedy output on the test prompts). Default true.
+    /// Run Q4_1/Q5_0/Q5_1 weights with the numerics of their Q8_0 requantisation
+    /// (faster kernels; Q4_1 stays 4-bit in memory with this crate's kernels). Default
+    /// true.
     pub requantize: bool,
+    /// Use this crate's SIMD kernels where the CPU has them (AVX2, AVX-512 VNNI).
+    /// `false` runs candle's kernels on materialised Q8_0 weights: bit-identical
+    /// output, slower; for diagnosis. Default true.
+    pub fast_kernels: bool,
 }
 
 impl Default for InferenceSettings {
@@ -45,6 +50,7 @@ impl Default for InferenceSettings {
             max_queue: 16,
             default_max_tokens: 512,
             requantize: true,
+            fast_kernels: true,
         }
     }
 }

@@ -11,8 +11,8 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use switchyard_core::{Backend, BackendRequest, Endpoint, RequestMeta, ResponseBody};
 use switchyard_inference::{
-    ChatTurn, Engine, GenerateRequest, InferenceSettings, Input, LocalBackend, SamplingParams,
-    default_model_path,
+    ChatTurn, Engine, Event, GenerateRequest, InferenceSettings, Input, LocalBackend,
+    SamplingParams, default_model_path,
 };
 
 fn model() -> Option<PathBuf> {
@@ -277,4 +277,67 @@ fn gemma3_matches_llama_cpp_when_available() {
             .unwrap();
         assert!(out.text.starts_with(answer), "{prompt:?}: {:?}", out.text);
     }
+}
+
+/// Continuous batching: four prompts of different lengths, joining at different steps
+/// (each submitted once the previous one has streamed some text), give exactly the
+/// greedy output each gives alone, and the engine really did share its steps.
+#[test]
+fn sequences_decoded_together_match_their_solo_output() {
+    let Some(path) = model() else { return };
+    let engine = Engine::load(&InferenceSettings::for_model(&path)).unwrap();
+    let prompts = [
+        "Write one sentence about trains.",
+        "Hi",
+        "List three colors, then explain in two sentences why the sky looks blue at noon.",
+        "What is 2+2?",
+    ];
+    let request = |p: &str| GenerateRequest {
+        input: Input::Chat(vec![ChatTurn { role: "user".into(), content: p.into() }]),
+        max_tokens: Some(24),
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+        ignore_eos: true,
+    };
+    let solo: Vec<String> =
+        prompts.iter().map(|p| engine.generate(request(p)).unwrap().text).collect();
+    let before = engine.stats();
+    let mut running = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let mut generation = engine.submit(request(p)).unwrap();
+        let mut text = String::new();
+        // Let this one decode a few tokens before the next joins (the last joins at once).
+        let mut texts = 0;
+        while i + 1 < prompts.len() && texts < 3 - i.min(2) {
+            match generation.blocking_next().unwrap() {
+                Event::Text(t) => {
+                    text.push_str(&t);
+                    texts += 1;
+                }
+                Event::Started { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        running.push((generation, text));
+    }
+    for ((mut generation, mut text), want) in running.into_iter().zip(&solo) {
+        loop {
+            match generation.blocking_next().unwrap() {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done(done) => {
+                    assert_eq!(done.usage.completion_tokens, 24);
+                    break;
+                }
+                Event::Started { .. } => {}
+                Event::Error(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(&text, want);
+    }
+    let after = engine.stats();
+    let (steps, seq_steps) =
+        (after.steps - before.steps, after.sequence_steps - before.sequence_steps);
+    // 4 x (prompt + 24 tokens) alone would take at least 4 x 24 steps.
+    assert!(steps < 4 * 24, "{steps} steps: the sequences did not share steps");
+    assert!(seq_steps > steps + 24, "{seq_steps} sequence-steps in {steps} steps");
 }

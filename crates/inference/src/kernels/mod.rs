@@ -1,23 +1,120 @@
-//! Hand-written SIMD kernels, behind runtime CPU-feature detection, each bit-identical
-//! to the candle kernel it replaces (so swapping them never changes an answer).
+//! Hand-written matrix kernels behind runtime CPU-feature detection: the small
+//! interface every fast weight format goes through.
 //!
-//! `dot4_q8_0`: four Q8_0 weight rows against one Q8_0 activation row. It performs, per
-//! row, exactly the operations of candle's AVX2 `vec_dot_q8_0_q8_0` (sign trick,
-//! pairwise multiply-add, one FMA per block into 8 lanes, the same horizontal sum), but
-//! loads the activation block once for the four rows and keeps four independent FMA
-//! chains in flight. (An AVX-512 VNNI variant, one `vpdpbusd` for the two multiply-add
-//! steps, needs Rust 1.89; the workspace MSRV is 1.88.)
+//! **Numerics.** Every kernel here computes exactly what the engine computed before it
+//! existed: the dot product of a Q8_0 weight row with Q8_0-quantised activations, as
+//! candle's AVX2 `vec_dot_q8_0_q8_0` does it (per block: eight `i32` lanes of four
+//! products each, converted to `f32`, one FMA per block into eight lane accumulators
+//! with the scale `d_w * d_x`, then candle's horizontal sum). Integer sums are exact
+//! whichever instructions compute them, and the floating-point operations happen in
+//! the same order, so results are bit-identical (unit tests and proptests check it).
+//! Swapping kernels therefore never changes an answer.
+//!
+//! **Formats.**
+//! - [`Q8Rows`]: Q8_0 weights (34 bytes per 32 values).
+//! - [`Q41Rows`]: Q4_1 weights *as stored in the file* (20 bytes per 32 values) with the
+//!   numerics of their Q8_0 requantisation: the Q8_0 block a Q4_1 block requantises to is
+//!   a function of its 16 possible nibble values, so the kernel builds that 16-entry table
+//!   per block (scale, `amax` and rounding exactly as `quant::encode_q8_0`) and looks the
+//!   nibbles up with a byte shuffle. Decode reads 41% fewer weight bytes than the
+//!   materialised Q8_0 copy, which is what decode speed is bound by. Valid when each
+//!   block's largest magnitude sits at nibble 0 or 15 (true of every block `llama.cpp`'s
+//!   Q4_1 quantiser writes); [`Q41Rows::from_gguf_bytes`] checks every block and refuses
+//!   otherwise, and the caller materialises Q8_0 instead.
+//!
+//! **Instructions.** AVX-512 VNNI (`vpdpbusd` on two weight rows per 512-bit register;
+//! the activation-side offset trick `sum (w + 128) x - 128 sum x` keeps every sum
+//! exact), AVX2 + FMA (candle's sign trick with `vpmaddubsw`), and a portable scalar
+//! path (the same arithmetic, slow; the engine materialises Q8_0 for candle's kernels
+//! instead on such CPUs). [`level`] picks once per process.
+//!
+//! **Layout of a call.** [`matmul_q8`]/[`matmul_q41`] compute output columns
+//! `rows.start..rows.end` for every activation row: weight rows are taken four at a
+//! time, expanded once into an L1-resident scratch of offset bytes and scales, and then
+//! dotted with the activation rows four at a time, so a weight block is decoded once
+//! however many sequences or prompt tokens share the call.
 
-use candle_core::quantized::GgmlType;
-use candle_core::quantized::k_quants::BlockQ8_0;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
-/// Which kernel this CPU runs.
+use std::ops::Range;
+
+use half::f16;
+
+use crate::error::{Error, Result};
+
+/// Which kernels this CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Level {
-    /// candle's kernels only.
+    /// Scalar code (and candle's own kernels for the formats it has).
     Portable,
-    /// AVX2 + FMA.
+    /// AVX2 + FMA + F16C.
     Avx2,
+    /// AVX-512 F/BW/VL/VNNI/VBMI (plus AVX2, FMA, F16C): Ice Lake, Zen 4 and later.
+    Avx512,
+}
+
+/// Values per block (Q8_0 and Q4_1).
+pub(crate) const QK: usize = 32;
+
+/// Set in a stored Q4_1 scale (whose sign bit is otherwise clear) when the block's
+/// table must be computed the exact way: the AVX-512 kernel's short form
+/// (`round_ties_even(n * (d / d8) + m / d8)`, two instructions) gives a different quant
+/// for some nibble value there (about one block in 1,400 of SmolLM2). Decided at load
+/// by computing both tables.
+const SLOW: u16 = 0x8000;
+
+/// One Q8_0 activation block as the kernels read it: the quants and, per group of four,
+/// `-128 * sum` (the correction for the offset-binary weights), plain and in the
+/// paired-row order of the 512-bit kernels (`[lo, lo, hi, hi]` 16-byte halves, matching
+/// weights stored as `[a lo, b lo, a hi, b hi]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(64))]
+pub(crate) struct ActBlock {
+    qs: [i8; QK],
+    neg_corr: [i32; 8],
+    qs2: [i8; 2 * QK],
+    neg_corr2: [i32; 16],
+}
+
+const ZERO_ACT: ActBlock =
+    ActBlock { qs: [0; QK], neg_corr: [0; 8], qs2: [0; 2 * QK], neg_corr2: [0; 16] };
+
+/// Activations quantised to Q8_0 (bit-identical to candle's `from_float`), `m` rows of
+/// `nb` blocks.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct QuantActs {
+    m: usize,
+    nb: usize,
+    /// Block scales as `f32` (the f16 value widened), `[m][nb]`.
+    d: Vec<f32>,
+    blocks: Vec<ActBlock>,
+}
+
+/// Q8_0 weight rows: `rows * nb` scales, and quants stored by pairs of rows: entry
+/// `(r / 2) * nb + b` holds block `b` of rows `r & !1` and `r | 1` as
+/// `[a lo 16, b lo 16, a hi 16, b hi 16]` (an odd last row is paired with zeros), so the
+/// 512-bit kernels load two rows with one instruction.
+#[derive(Clone, Debug)]
+pub(crate) struct Q8Rows {
+    rows: usize,
+    nb: usize,
+    d: Vec<u16>,
+    qs: Vec<[i8; 2 * QK]>,
+}
+
+/// Q4_1 weight rows kept in their 20-byte form, served with Q8_0 numerics.
+#[derive(Clone, Debug)]
+pub(crate) struct Q41Rows {
+    rows: usize,
+    nb: usize,
+    /// Scales (f16 bits) with [`SLOW`] marking blocks whose table needs the exact form.
+    d: Vec<u16>,
+    m: Vec<u16>,
+    /// Nibbles by pairs of rows: `[a 16, b 16]` per block, as [`Q8Rows::qs`].
+    qs: Vec<[u8; 32]>,
 }
 
 /// The best kernel level of this CPU (detected once).
@@ -28,12 +125,18 @@ pub(crate) fn level() -> Level {
 
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Level {
-    // Unoptimised builds (tests) run intrinsics many times slower than candle's already
-    // optimised kernels: use those there. The kernels' own tests call them directly.
-    if cfg!(debug_assertions) || std::env::var_os("SWITCHYARD_PORTABLE_KERNELS").is_some() {
-        return Level::Portable;
-    }
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    let avx512 = avx2
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx512vbmi");
+    if avx512 {
+        Level::Avx512
+    } else if avx2 {
         Level::Avx2
     } else {
         Level::Portable
@@ -45,137 +148,649 @@ fn detect() -> Level {
     Level::Portable
 }
 
-/// `[dot(w[0], x), .., dot(w[3], x)]` over `k` values (all rows `k / 32` blocks).
-pub(crate) fn dot4_q8_0(k: usize, w: [&[BlockQ8_0]; 4], x: &[BlockQ8_0]) -> [f32; 4] {
-    let nb = k / 32;
-    debug_assert!(w.iter().all(|r| r.len() >= nb) && x.len() >= nb);
-    #[cfg(target_arch = "x86_64")]
-    {
-        match level() {
-            // SAFETY: the CPU has the features these functions are compiled for
-            // (checked by `level`), and every slice holds at least `nb` blocks.
-            #[allow(unsafe_code)]
-            Level::Avx2 => return unsafe { x86::dot4_avx2(nb, w, x) },
-            Level::Portable => {}
-        }
-    }
-    [
-        BlockQ8_0::vec_dot(k, w[0], x),
-        BlockQ8_0::vec_dot(k, w[1], x),
-        BlockQ8_0::vec_dot(k, w[2], x),
-        BlockQ8_0::vec_dot(k, w[3], x),
-    ]
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    use candle_core::quantized::k_quants::BlockQ8_0;
-    use half::f16;
-
-    /// Bytes of a block: an f16 scale then 32 signed quants (`#[repr(C)]`, size 34,
-    /// asserted by candle).
-    const SCALE_BYTES: usize = 2;
-
-    /// The scale of block `i` of `row`.
-    ///
-    /// # Safety
-    /// `i < row.len()`.
-    #[inline(always)]
-    unsafe fn scale(row: &[BlockQ8_0], i: usize) -> f32 {
-        // SAFETY: in bounds per the caller; a block starts with its f16 scale.
-        let p = unsafe { row.as_ptr().add(i).cast::<u8>() };
-        let bytes = unsafe { [*p, *p.add(1)] };
-        f16::from_le_bytes(bytes).to_f32()
+impl QuantActs {
+    /// Quantise `m` rows of `k` values (`k` a multiple of 32).
+    pub(crate) fn new(x: &[f32], m: usize, k: usize) -> Self {
+        let mut q = QuantActs::default();
+        q.fill(x, m, k);
+        q
     }
 
-    /// The 32 quants of block `i` of `row`.
-    ///
-    /// # Safety
-    /// `i < row.len()`, and AVX is available.
-    #[inline(always)]
-    unsafe fn quants(row: &[BlockQ8_0], i: usize) -> __m256i {
-        // SAFETY: in bounds per the caller; the quants follow the scale.
-        unsafe { _mm256_loadu_si256(row.as_ptr().add(i).cast::<u8>().add(SCALE_BYTES).cast()) }
-    }
-
-    /// candle's `hsum_float_8`, operation for operation.
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum(x: __m256) -> f32 {
-        let res = _mm256_extractf128_ps(x, 1);
-        let res = _mm_add_ps(res, _mm256_castps256_ps128(x));
-        let res = _mm_add_ps(res, _mm_movehl_ps(res, res));
-        let res = _mm_add_ss(res, _mm_movehdup_ps(res));
-        _mm_cvtss_f32(res)
-    }
-
-    /// # Safety
-    /// AVX2 and FMA are available; every slice holds at least `nb` blocks.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot4_avx2(nb: usize, w: [&[BlockQ8_0]; 4], x: &[BlockQ8_0]) -> [f32; 4] {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for i in 0..nb {
-            // SAFETY: i < nb <= len of every slice.
-            let (dy, by) = unsafe { (scale(x, i), quants(x, i)) };
-            for r in 0..4 {
-                let (dx, bx) = unsafe { (scale(w[r], i), quants(w[r], i)) };
-                let d = _mm256_set1_ps(dx * dy);
-                let ax = _mm256_sign_epi8(bx, bx);
-                let sy = _mm256_sign_epi8(by, bx);
-                let dot = _mm256_maddubs_epi16(ax, sy);
-                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
-                acc[r] = _mm256_fmadd_ps(d, q, acc[r]);
+    /// Quantise into this value, reusing its buffers.
+    pub(crate) fn fill(&mut self, x: &[f32], m: usize, k: usize) {
+        debug_assert!(k.is_multiple_of(QK) && x.len() >= m * k);
+        let nb = k / QK;
+        self.m = m;
+        self.nb = nb;
+        self.d.clear();
+        self.d.resize(m * nb, 0.0);
+        self.blocks.clear();
+        self.blocks.resize(m * nb, ZERO_ACT);
+        let mut bytes = [0u8; 34];
+        for ((vals, d), block) in x[..m * k].chunks_exact(QK).zip(&mut self.d).zip(&mut self.blocks)
+        {
+            let Ok(vals) = <&[f32; QK]>::try_from(vals) else { continue };
+            crate::quant::encode_q8_0(vals, &mut bytes);
+            *d = f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
+            for (q, b) in block.qs.iter_mut().zip(&bytes[2..]) {
+                *q = i8::from_le_bytes([*b]);
+            }
+            for (c, group) in block.neg_corr.iter_mut().zip(block.qs.chunks_exact(4)) {
+                *c = -128 * group.iter().map(|&v| i32::from(v)).sum::<i32>();
+            }
+            for half in 0..2 {
+                for copy in 0..2 {
+                    let at = 2 * half + copy;
+                    block.qs2[16 * at..16 * at + 16]
+                        .copy_from_slice(&block.qs[16 * half..16 * half + 16]);
+                    block.neg_corr2[4 * at..4 * at + 4]
+                        .copy_from_slice(&block.neg_corr[4 * half..4 * half + 4]);
+                }
             }
         }
-        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
     }
+}
+
+impl Q8Rows {
+    /// From GGUF Q8_0 bytes (34 per block: f16 scale, 32 quants), `rows x cols`.
+    pub(crate) fn from_gguf_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        let nb = blocks_of(cols)?;
+        check_len(bytes, rows * nb, 34, "Q8_0")?;
+        let d = bytes.chunks_exact(34).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        let mut qs = vec![[0i8; 2 * QK]; rows.div_ceil(2) * nb];
+        for (i, b) in bytes.chunks_exact(34).enumerate() {
+            let (r, blk) = (i / nb, i % nb);
+            let pair = &mut qs[(r / 2) * nb + blk];
+            let o = 16 * (r % 2);
+            for (j, v) in b[2..].iter().enumerate() {
+                pair[o + j + 16 * (j / 16)] = i8::from_le_bytes([*v]);
+            }
+        }
+        Ok(Q8Rows { rows, nb, d, qs })
+    }
+
+    /// Outputs.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Inputs.
+    pub(crate) fn cols(&self) -> usize {
+        self.nb * QK
+    }
+
+    /// The quants of block `b` of row `r`.
+    fn quants(&self, r: usize, b: usize) -> [i8; QK] {
+        let pair = &self.qs[(r / 2) * self.nb + b];
+        let o = 16 * (r % 2);
+        std::array::from_fn(|j| pair[o + j + 16 * (j / 16)])
+    }
+
+    /// Dequantise row `r` (candle's `to_float`: `q * d`).
+    pub(crate) fn row_into(&self, r: usize, out: &mut [f32]) {
+        for (b, o) in out.chunks_exact_mut(QK).enumerate().take(self.nb) {
+            let d = f16::from_bits(self.d[r * self.nb + b]).to_f32();
+            for (o, q) in o.iter_mut().zip(self.quants(r, b)) {
+                *o = f32::from(q) * d;
+            }
+        }
+    }
+}
+
+impl Q41Rows {
+    /// From GGUF Q4_1 bytes (20 per block: f16 scale, f16 min, 16 nibble pairs).
+    /// `None` when some block's Q8_0 requantisation is not determined by its scale and
+    /// min alone (its largest magnitude is not at nibble 0 or 15) or its scale is
+    /// negative: the caller materialises Q8_0 then.
+    pub(crate) fn from_gguf_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Option<Self>> {
+        let nb = blocks_of(cols)?;
+        check_len(bytes, rows * nb, 20, "Q4_1")?;
+        let mut d = Vec::with_capacity(rows * nb);
+        let mut m = Vec::with_capacity(rows * nb);
+        let mut qs = vec![[0u8; 32]; rows.div_ceil(2) * nb];
+        for (i, b) in bytes.chunks_exact(20).enumerate() {
+            let (bd, bm) = (u16::from_le_bytes([b[0], b[1]]), u16::from_le_bytes([b[2], b[3]]));
+            let mut q = [0u8; 16];
+            q.copy_from_slice(&b[4..20]);
+            if bd & SLOW != 0 || !extremes_at_ends(bd, bm, &q) {
+                return Ok(None);
+            }
+            let exact = q41_table(bd, bm).0;
+            let fast = q41_fast_table(bd, bm);
+            let same = exact.iter().zip(&fast).all(|(&e, &f)| i32::from(e) == f);
+            d.push(if same { bd } else { bd | SLOW });
+            m.push(bm);
+            let (r, blk) = (i / nb, i % nb);
+            let o = 16 * (r % 2);
+            qs[(r / 2) * nb + blk][o..o + 16].copy_from_slice(&q);
+        }
+        Ok(Some(Q41Rows { rows, nb, d, m, qs }))
+    }
+
+    /// Outputs.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Inputs.
+    pub(crate) fn cols(&self) -> usize {
+        self.nb * QK
+    }
+
+    /// The 16 nibble bytes of block `b` of row `r`.
+    fn nibbles(&self, r: usize, b: usize) -> &[u8; 16] {
+        let pair = &self.qs[(r / 2) * self.nb + b];
+        let o = 16 * (r % 2);
+        pair[o..o + 16].try_into().unwrap_or(&[0; 16])
+    }
+
+    /// Row `r` as the Q8_0 requantisation dequantises it (what the kernels compute with).
+    pub(crate) fn row_into(&self, r: usize, out: &mut [f32]) {
+        for (b, o) in out.chunks_exact_mut(QK).enumerate().take(self.nb) {
+            let i = r * self.nb + b;
+            let (table, scale) = q41_table(self.d[i], self.m[i]);
+            let qs = self.nibbles(r, b);
+            for j in 0..16 {
+                o[j] = f32::from(table[usize::from(qs[j] & 0x0F)]) * scale;
+                o[j + 16] = f32::from(table[usize::from(qs[j] >> 4)]) * scale;
+            }
+        }
+    }
+}
+
+/// `out[(j - rows.start) * m + i] = w[j] . x[i]` for `j` in `rows`, every activation row
+/// `i` (column-major, so a task owns one contiguous slice). `rows.start` must be even
+/// (rows are stored by pairs).
+pub(crate) fn matmul_q8(w: &Q8Rows, rows: Range<usize>, x: &QuantActs, out: &mut [f32]) {
+    assert!(rows.start.is_multiple_of(2), "kernel ranges start at an even row");
+    debug_assert!(rows.end <= w.rows && x.nb == w.nb && out.len() >= rows.len() * x.m);
+    #[cfg(target_arch = "x86_64")]
+    match level() {
+        // SAFETY: `level` checked the CPU features; the function checks its bounds.
+        #[allow(unsafe_code)]
+        Level::Avx512 => return unsafe { avx512::matmul(Source::Q8(w), rows, x, out) },
+        // SAFETY: as above.
+        #[allow(unsafe_code)]
+        Level::Avx2 => return unsafe { avx2::matmul(Source::Q8(w), rows, x, out) },
+        Level::Portable => {}
+    }
+    portable(Source::Q8(w), rows, x, out);
+}
+
+/// [`matmul_q8`] for Q4_1 weights with their Q8_0 numerics.
+pub(crate) fn matmul_q41(w: &Q41Rows, rows: Range<usize>, x: &QuantActs, out: &mut [f32]) {
+    assert!(rows.start.is_multiple_of(2), "kernel ranges start at an even row");
+    debug_assert!(rows.end <= w.rows && x.nb == w.nb && out.len() >= rows.len() * x.m);
+    #[cfg(target_arch = "x86_64")]
+    match level() {
+        // SAFETY: `level` checked the CPU features; the function checks its bounds.
+        #[allow(unsafe_code)]
+        Level::Avx512 => return unsafe { avx512::matmul(Source::Q41(w), rows, x, out) },
+        // SAFETY: as above.
+        #[allow(unsafe_code)]
+        Level::Avx2 => return unsafe { avx2::matmul(Source::Q41(w), rows, x, out) },
+        Level::Portable => {}
+    }
+    portable(Source::Q41(w), rows, x, out);
+}
+
+/// A weight the kernels read.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Q8(&'a Q8Rows),
+    Q41(&'a Q41Rows),
+}
+
+impl Source<'_> {
+    fn rows(&self) -> usize {
+        match self {
+            Source::Q8(w) => w.rows,
+            Source::Q41(w) => w.rows,
+        }
+    }
+
+    fn nb(&self) -> usize {
+        match self {
+            Source::Q8(w) => w.nb,
+            Source::Q41(w) => w.nb,
+        }
+    }
+
+    /// Block `b` of row `r` as Q8_0 quants and their scale (widened f16).
+    fn block(&self, r: usize, b: usize) -> ([i8; QK], f32) {
+        match self {
+            Source::Q8(w) => (w.quants(r, b), f16::from_bits(w.d[r * w.nb + b]).to_f32()),
+            Source::Q41(w) => {
+                let i = r * w.nb + b;
+                let (table, scale) = q41_table(w.d[i], w.m[i]);
+                let nib = w.nibbles(r, b);
+                let mut q = [0i8; QK];
+                for j in 0..16 {
+                    q[j] = table[usize::from(nib[j] & 0x0F)];
+                    q[j + 16] = table[usize::from(nib[j] >> 4)];
+                }
+                (q, scale)
+            }
+        }
+    }
+}
+
+fn blocks_of(cols: usize) -> Result<usize> {
+    if cols.is_multiple_of(QK) {
+        Ok(cols / QK)
+    } else {
+        Err(Error::Model(format!("a row of {cols} values is not a whole number of blocks")))
+    }
+}
+
+fn check_len(bytes: &[u8], blocks: usize, size: usize, name: &str) -> Result<()> {
+    if bytes.len() == blocks * size {
+        Ok(())
+    } else {
+        Err(Error::Model(format!(
+            "{name} tensor data is {} bytes, expected {}",
+            bytes.len(),
+            blocks * size
+        )))
+    }
+}
+
+/// The value of nibble `n` as `quant::decode_block` computes it.
+fn q41_value(n: u8, d: f32, m: f32) -> f32 {
+    f32::from(n) * d + m
+}
+
+/// `amax` of a Q4_1 block as its Q8_0 requantisation computes it, assuming the extremes
+/// sit at nibbles 0 and 15 (the values are monotonic in the nibble).
+fn q41_amax(d: f32, m: f32) -> f32 {
+    let (a, b) = (q41_value(0, d, m).abs(), q41_value(15, d, m).abs());
+    if a > b { a } else { b }
+}
+
+/// Whether [`q41_amax`] is the block's true `amax`.
+fn extremes_at_ends(d: u16, m: u16, qs: &[u8; 16]) -> bool {
+    let (d, m) = (f16::from_bits(d).to_f32(), f16::from_bits(m).to_f32());
+    let mut amax = 0f32;
+    for &q in qs {
+        for n in [q & 0x0F, q >> 4] {
+            let a = q41_value(n, d, m).abs();
+            amax = if a > amax { a } else { amax };
+        }
+    }
+    amax.to_bits() == q41_amax(d, m).to_bits()
+}
+
+/// The Q8_0 quant of each nibble value and the Q8_0 scale (widened) of a Q4_1 block:
+/// `quant::encode_q8_0` applied to `quant::decode_block`'s values.
+#[allow(clippy::cast_possible_truncation)]
+fn q41_table(d: u16, m: u16) -> ([i8; 16], f32) {
+    let (d, m) = (f16::from_bits(d & !SLOW).to_f32(), f16::from_bits(m).to_f32());
+    let d8 = q41_amax(d, m) / 127.0;
+    let id = if d8 != 0.0 { 1.0 / d8 } else { 0.0 };
+    let mut table = [0i8; 16];
+    for (n, t) in (0u8..16).zip(&mut table) {
+        let x = q41_value(n, d, m) * id;
+        *t = (x + 0.499_999_97f32.copysign(x)).trunc() as i8;
+    }
+    (table, f16::from_f32(d8).to_f32())
+}
+
+/// The AVX-512 kernel's short form of [`q41_table`] (as `i32`, before narrowing):
+/// `round_ties_even(fma(n, d * id, m * id))`. Equal to the exact table for all but a
+/// few blocks, which [`SLOW`] marks.
+#[allow(clippy::cast_possible_truncation)]
+fn q41_fast_table(d: u16, m: u16) -> [i32; 16] {
+    let (d, m) = (f16::from_bits(d & !SLOW).to_f32(), f16::from_bits(m).to_f32());
+    let d8 = q41_amax(d, m) / 127.0;
+    let id = if d8 != 0.0 { 1.0 / d8 } else { 0.0 };
+    let (a, b) = (d * id, m * id);
+    std::array::from_fn(|n| {
+        #[allow(clippy::cast_precision_loss)]
+        let x = (n as f32).mul_add(a, b).round_ties_even();
+        // `vcvtps2dq`: out-of-range and NaN give i32::MIN.
+        if x.is_nan() || !(-2_147_483_648.0..2_147_483_648.0).contains(&x) {
+            i32::MIN
+        } else {
+            x as i32
+        }
+    })
+}
+
+/// candle's `hsum_float_8` on eight lanes, operation for operation.
+fn hsum8(a: &[f32; 8]) -> f32 {
+    let r = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+    (r[0] + r[2]) + (r[1] + r[3])
+}
+
+/// The reference: the same arithmetic as the SIMD kernels, one value at a time.
+fn portable(w: Source<'_>, rows: Range<usize>, x: &QuantActs, out: &mut [f32]) {
+    let (m, nb) = (x.m, x.nb);
+    for (jo, r) in rows.enumerate() {
+        for i in 0..m {
+            let mut acc = [0f32; 8];
+            for b in 0..nb {
+                let (q, dw) = w.block(r, b);
+                let xb = &x.blocks[i * nb + b];
+                let s = dw * x.d[i * nb + b];
+                for (l, a) in acc.iter_mut().enumerate() {
+                    let sum: i32 =
+                        (0..4).map(|t| i32::from(q[4 * l + t]) * i32::from(xb.qs[4 * l + t])).sum();
+                    #[allow(clippy::cast_precision_loss)]
+                    let lane = sum as f32;
+                    *a = s.mul_add(lane, *a);
+                }
+            }
+            out[jo * m + i] = hsum8(&acc);
+        }
+    }
+    debug_assert!(w.rows() >= 1 && w.nb() == nb);
 }
 
 #[cfg(test)]
 mod tests {
+    use candle_core::quantized::GgmlType;
+    use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ8_0};
+    use proptest::prelude::*;
+
     use super::*;
 
-    fn blocks(n: usize, seed: u32) -> Vec<BlockQ8_0> {
+    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         let mut s = seed.max(1);
-        let vals: Vec<f32> = (0..n * 32)
+        (0..n)
             .map(|_| {
                 s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 8.0 - 4.0
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
             })
-            .collect();
-        let mut out = vec![BlockQ8_0::zeros(); n];
-        BlockQ8_0::from_float(&vals, &mut out);
+            .collect()
+    }
+
+    #[allow(unsafe_code)]
+    fn raw<T>(blocks: &[T]) -> Vec<u8> {
+        let len = std::mem::size_of_val(blocks);
+        let mut out = vec![0u8; len];
+        // SAFETY: candle's blocks are `#[repr(C)]` plain data; we copy their bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(blocks.as_ptr().cast::<u8>(), out.as_mut_ptr(), len)
+        };
         out
     }
 
-    #[test]
-    fn four_row_kernel_is_bit_identical_to_candles_dot_product() {
-        for nb in [1, 2, 18, 48] {
-            let k = nb * 32;
-            let rows: Vec<Vec<BlockQ8_0>> = (0..4).map(|r| blocks(nb, 10 + r)).collect();
-            let x = blocks(nb, 99);
-            let got = dot4_q8_0(k, [&rows[0], &rows[1], &rows[2], &rows[3]], &x);
-            let w = [rows[0].as_slice(), &rows[1], &rows[2], &rows[3]];
-            let mut variants = vec![("dispatched", got)];
+    fn q8_blocks(bytes: &[u8]) -> Vec<BlockQ8_0> {
+        let mut out = vec![BlockQ8_0::zeros(); bytes.len() / 34];
+        crate::quant::copy_bytes_into(bytes, &mut out);
+        out
+    }
+
+    /// candle's dot products of every (weight row, activation row) pair.
+    fn candle_reference(w8: &[BlockQ8_0], rows: usize, x: &[f32], m: usize, k: usize) -> Vec<f32> {
+        let nb = k / QK;
+        let mut xq = vec![BlockQ8_0::zeros(); m * nb];
+        BlockQ8_0::from_float(x, &mut xq);
+        let mut out = vec![0f32; rows * m];
+        for j in 0..rows {
+            for i in 0..m {
+                out[j * m + i] =
+                    BlockQ8_0::vec_dot(k, &w8[j * nb..(j + 1) * nb], &xq[i * nb..(i + 1) * nb]);
+            }
+        }
+        out
+    }
+
+    fn every_level() -> Vec<Level> {
+        let mut levels = vec![Level::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if matches!(level(), Level::Avx2 | Level::Avx512) {
+                levels.push(Level::Avx2);
+            }
+            if level() == Level::Avx512 {
+                levels.push(Level::Avx512);
+            }
+        }
+        levels
+    }
+
+    #[allow(unsafe_code)]
+    fn run(level: Level, w: Source<'_>, rows: Range<usize>, x: &QuantActs) -> Vec<f32> {
+        let mut out = vec![f32::NAN; rows.len() * x.m];
+        match level {
+            Level::Portable => portable(w, rows, x, &mut out),
+            // SAFETY: `every_level` only lists levels this CPU has.
             #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { avx2::matmul(w, rows, x, &mut out) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe { avx512::matmul(w, rows, x, &mut out) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!(),
+        }
+        out
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    fn check_q8(rows: usize, nb: usize, m: usize, seed: u64) {
+        let k = nb * QK;
+        let w = values(rows * k, seed, 2.0);
+        let mut wq = vec![BlockQ8_0::zeros(); rows * nb];
+        BlockQ8_0::from_float(&w, &mut wq);
+        let packed = Q8Rows::from_gguf_bytes(&raw(&wq), rows, k).unwrap();
+        let x = values(m * k, seed + 1, 30.0);
+        let acts = QuantActs::new(&x, m, k);
+        let want = candle_reference(&wq, rows, &x, m, k);
+        for level in every_level() {
+            let got = run(level, Source::Q8(&packed), 0..rows, &acts);
+            assert_eq!(bits(&got), bits(&want), "{level:?} rows={rows} nb={nb} m={m}");
+            // A sub-range writes the same values.
+            if rows > 3 {
+                let got = run(level, Source::Q8(&packed), 2..rows - 1, &acts);
+                assert_eq!(bits(&got), bits(&want[2 * m..(rows - 1) * m]), "{level:?} sub-range");
+            }
+        }
+    }
+
+    fn check_q41(rows: usize, nb: usize, m: usize, seed: u64, wscale: f32, offset: f32) {
+        let k = nb * QK;
+        let w: Vec<f32> = values(rows * k, seed, wscale).iter().map(|v| v + offset).collect();
+        let mut w4 = vec![BlockQ4_1::zeros(); rows * nb];
+        BlockQ4_1::from_float(&w, &mut w4);
+        let bytes = raw(&w4);
+        let Some(packed) = Q41Rows::from_gguf_bytes(&bytes, rows, k).unwrap() else {
+            panic!("candle's Q4_1 quantiser put an extreme inside a block")
+        };
+        let q8 = q8_blocks(
+            &crate::quant::requantize_to_q8_0(candle_core::quantized::GgmlDType::Q4_1, &bytes)
+                .unwrap(),
+        );
+        let x = values(m * k, seed + 1, 3.0);
+        let acts = QuantActs::new(&x, m, k);
+        let want = candle_reference(&q8, rows, &x, m, k);
+        for level in every_level() {
+            let got = run(level, Source::Q41(&packed), 0..rows, &acts);
+            assert_eq!(bits(&got), bits(&want), "{level:?} rows={rows} nb={nb} m={m}");
+        }
+        // Dequantised rows equal the requantised Q8_0 rows.
+        let mut a = vec![0f32; k];
+        let mut b = vec![0f32; k];
+        for r in 0..rows {
+            packed.row_into(r, &mut a);
+            BlockQ8_0::to_float(&q8[r * nb..(r + 1) * nb], &mut b);
+            assert_eq!(bits(&a), bits(&b), "row {r}");
+        }
+    }
+
+    #[test]
+    fn activation_quantisation_equals_candles() {
+        for (m, k) in [(1, 32), (3, 576), (5, 1536)] {
+            let x = values(m * k, m as u64 + 3, 20.0);
+            let acts = QuantActs::new(&x, m, k);
+            let mut want = vec![BlockQ8_0::zeros(); m * k / QK];
+            BlockQ8_0::from_float(&x, &mut want);
+            let want = raw(&want);
+            for (i, b) in acts.blocks.iter().enumerate() {
+                let w = &want[i * 34..(i + 1) * 34];
+                assert_eq!(
+                    f16::from_le_bytes([w[0], w[1]]).to_f32().to_bits(),
+                    acts.d[i].to_bits()
+                );
+                assert!(b.qs.iter().zip(&w[2..]).all(|(q, v)| q.to_le_bytes()[0] == *v));
+                for l in 0..8 {
+                    let s: i32 = b.qs[4 * l..4 * l + 4].iter().map(|&v| i32::from(v)).sum();
+                    assert_eq!(b.neg_corr[l], -128 * s);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_kernels_are_bit_identical_to_candles_dot_product() {
+        // Row counts with and without a tail of the four-row groups; one to nine
+        // activation rows (tails of the four-row activation groups).
+        for (rows, nb) in [(1, 1), (4, 2), (7, 18), (13, 48), (64, 3)] {
+            for m in [1, 2, 4, 5, 9] {
+                check_q8(rows, nb, m, (rows * 100 + nb * 10 + m) as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn q41_kernels_are_bit_identical_to_the_requantised_q8_0() {
+        for (rows, nb) in [(1, 1), (4, 2), (7, 18), (13, 48), (32, 3)] {
+            for m in [1, 3, 4, 6] {
+                check_q41(rows, nb, m, (rows * 7 + nb * 3 + m) as u64, 0.5, 0.0);
+            }
+        }
+        // All-positive and all-negative blocks (amax at one end), tiny and big scales.
+        check_q41(8, 4, 2, 5, 0.01, 0.03);
+        check_q41(8, 4, 2, 6, 0.01, -0.03);
+        check_q41(8, 4, 2, 7, 1e-4, 0.0);
+        check_q41(8, 4, 2, 8, 300.0, 100.0);
+    }
+
+    #[test]
+    fn q41_refuses_blocks_whose_extremes_are_inside() {
+        // d = 1, m = 0, nibbles 1..14 only: amax 14 is not at nibble 0 or 15.
+        let mut block = vec![0u8; 20];
+        block[..2].copy_from_slice(&f16::from_f32(1.0).to_le_bytes());
+        block[2..4].copy_from_slice(&f16::from_f32(0.0).to_le_bytes());
+        for (i, b) in block[4..].iter_mut().enumerate() {
+            *b = (1 + (i as u8 % 14)) | ((14 - (i as u8 % 14)) << 4);
+        }
+        assert!(Q41Rows::from_gguf_bytes(&block, 1, 32).unwrap().is_none());
+        block[4] = 0xF0; // nibbles 0 and 15 present: accepted
+        assert!(Q41Rows::from_gguf_bytes(&block, 1, 32).unwrap().is_some());
+        assert!(Q41Rows::from_gguf_bytes(&block, 1, 33).is_err());
+        assert!(Q41Rows::from_gguf_bytes(&block[..19], 1, 32).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn q8_kernels_match_candle_on_random_shapes(
+            rows in 1usize..12, nb in 1usize..8, m in 1usize..7, seed in 1u64..u64::MAX,
+        ) {
+            check_q8(rows, nb, m, seed);
+        }
+
+        #[test]
+        fn q41_kernels_match_candle_on_random_shapes(
+            rows in 1usize..12, nb in 1usize..8, m in 1usize..7, seed in 1u64..u64::MAX,
+            scale in 1e-3f32..50.0, offset in -1.0f32..1.0,
+        ) {
+            check_q41(rows, nb, m, seed, scale, offset * scale);
+        }
+    }
+}
+
+#[cfg(test)]
+mod devbench {
+    use super::*;
+    use candle_core::quantized::GgmlType;
+    use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ8_0};
+
+    fn time<F: FnMut()>(mut f: F, iters: usize) -> f64 {
+        let mut best = f64::MAX;
+        for _ in 0..7 {
+            let t = std::time::Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            best = best.min(t.elapsed().as_secs_f64() / iters as f64);
+        }
+        best
+    }
+
+    #[test]
+    fn devbench_kernels() {
+        if std::env::var_os("DEVBENCH").is_none() {
+            return;
+        }
+        let (rows, k) = (1536usize, 576usize);
+        let nb = k / 32;
+        let mut st = 0x9E37_79B9_7F4A_7C15u64;
+        let w: Vec<f32> = (0..rows * k)
+            .map(|_| {
+                st ^= st << 13;
+                st ^= st >> 7;
+                st ^= st << 17;
+                ((st >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        let mut w4 = vec![BlockQ4_1::zeros(); rows * nb];
+        BlockQ4_1::from_float(&w, &mut w4);
+        let bytes: Vec<u8> = {
+            let len = std::mem::size_of_val(w4.as_slice());
+            let mut out = vec![0u8; len];
             #[allow(unsafe_code)]
-            {
-                // SAFETY: each variant runs only where the CPU has its features.
-                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                    variants.push(("avx2", unsafe { x86::dot4_avx2(nb, w, &x) }));
-                }
-            }
-            for (name, got) in variants {
-                for r in 0..4 {
-                    let want = BlockQ8_0::vec_dot(k, &rows[r], &x);
-                    assert_eq!(got[r].to_bits(), want.to_bits(), "{name} nb={nb} row={r}");
-                }
-            }
+            unsafe {
+                std::ptr::copy_nonoverlapping(w4.as_ptr().cast::<u8>(), out.as_mut_ptr(), len)
+            };
+            out
+        };
+        let q41 = Q41Rows::from_gguf_bytes(&bytes, rows, k).unwrap().unwrap();
+        let slow = q41.d.iter().filter(|&&d| d & SLOW != 0).count();
+        eprintln!("slow blocks: {slow} of {}", q41.d.len());
+        let q8b = crate::quant::requantize_to_q8_0(candle_core::quantized::GgmlDType::Q4_1, &bytes)
+            .unwrap();
+        let q8 = Q8Rows::from_gguf_bytes(&q8b, rows, k).unwrap();
+        let mut c8 = vec![BlockQ8_0::zeros(); rows * nb];
+        crate::quant::copy_bytes_into(&q8b, &mut c8);
+        for m in [1usize, 4, 16] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 31 % 97) as f32 / 50.0) - 1.0).collect();
+            let acts = QuantActs::new(&x, m, k);
+            let mut out = vec![0f32; rows * m];
+            let iters = 200 / m.max(1) + 10;
+            let t41 = time(|| matmul_q41(&q41, 0..rows, &acts, &mut out), iters);
+            let t8 = time(|| matmul_q8(&q8, 0..rows, &acts, &mut out), iters);
+            let mut xq = vec![BlockQ8_0::zeros(); m * nb];
+            BlockQ8_0::from_float(&x, &mut xq);
+            let tc = time(
+                || {
+                    for j in 0..rows {
+                        for i in 0..m {
+                            out[j * m + i] = BlockQ8_0::vec_dot(
+                                k,
+                                &c8[j * nb..(j + 1) * nb],
+                                &xq[i * nb..(i + 1) * nb],
+                            );
+                        }
+                    }
+                },
+                iters,
+            );
+            let blocks = (rows * nb * m) as f64;
+            eprintln!(
+                "m={m}: q41 {:.2} ns/blk-row, q8 {:.2}, candle {:.2}  (per weight block: q41 {:.2} ns)",
+                t41 / blocks * 1e9,
+                t8 / blocks * 1e9,
+                tc / blocks * 1e9,
+                t41 / (rows * nb) as f64 * 1e9
+            );
         }
     }
 }

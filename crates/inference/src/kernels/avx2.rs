@@ -1,0 +1,160 @@
+//! AVX2 + FMA kernels: candle's own instruction sequence (sign trick, `vpmaddubsw`,
+//! `vpmaddwd`, one FMA per block), with each weight block decoded once for several
+//! activation rows and four weight rows in flight.
+//!
+//! Unsafe code: `#[target_feature]` functions may only be called where the CPU has the
+//! features (`super::level` checks them once; the entry point is `unsafe` for that), and
+//! SIMD loads and stores take raw pointers, each into a slice or array that holds the
+//! bytes read or written (stated at each site).
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::{ActBlock, QuantActs, Source, hsum8};
+
+/// Four weight rows' block `b`: signed quants and scales.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Expanded {
+    w: [__m256i; 4],
+    s: [f32; 4],
+}
+
+/// Activation rows per inner loop (16 accumulators would spill: AVX2 has 16 registers).
+const GROUP: usize = 2;
+
+/// See [`super::matmul_q8`].
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matmul(w: Source<'_>, rows: Range<usize>, x: &QuantActs, out: &mut [f32]) {
+    let (m, nb) = (x.m, x.nb);
+    assert!(
+        w.nb() == nb
+            && rows.end <= w.rows()
+            && out.len() >= rows.len() * m
+            && x.blocks.len() >= m * nb
+            && x.d.len() >= m * nb,
+        "kernel shapes"
+    );
+    let zero = Expanded { w: [_mm256_setzero_si256(); 4], s: [0.0; 4] };
+    let mut scratch = vec![zero; nb];
+    let mut r = rows.start;
+    while r < rows.end {
+        let n = (rows.end - r).min(4);
+        match w {
+            Source::Q8(q) => expand_q8(q, r, n, &mut scratch),
+            Source::Q41(q) => expand_q41(q, r, n, &mut scratch),
+        }
+        let col = r - rows.start;
+        let mut i = 0;
+        while i + GROUP <= m {
+            dot::<GROUP>(&scratch, x, i, &mut out[col * m..], n, m);
+            i += GROUP;
+        }
+        if m > i {
+            dot::<1>(&scratch, x, i, &mut out[col * m..], n, m);
+        }
+        r += 4;
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot<const G: usize>(
+    scratch: &[Expanded],
+    x: &QuantActs,
+    i0: usize,
+    out: &mut [f32],
+    n: usize,
+    m: usize,
+) {
+    let nb = scratch.len();
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); 4]; G];
+    let xb: [&[ActBlock]; G] = std::array::from_fn(|g| &x.blocks[(i0 + g) * nb..][..nb]);
+    let xd: [&[f32]; G] = std::array::from_fn(|g| &x.d[(i0 + g) * nb..][..nb]);
+    for (b, e) in scratch.iter().enumerate() {
+        for g in 0..G {
+            // SAFETY: `ActBlock` is 64-byte aligned; its quants are an aligned 32-byte load.
+            let y = unsafe { _mm256_load_si256(xb[g][b].qs.as_ptr().cast()) };
+            let dy = xd[g][b];
+            for ((a, &w), &s) in acc[g].iter_mut().zip(&e.w).zip(&e.s) {
+                let dot = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w));
+                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(s * dy), q, *a);
+            }
+        }
+    }
+    for (g, rows) in acc.iter().enumerate() {
+        for (k, a) in rows.iter().enumerate().take(n) {
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
+            out[k * m + i0 + g] = hsum8(&lanes);
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn expand_q8(w: &super::Q8Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
+    let nb = w.nb;
+    for (b, e) in scratch.iter_mut().enumerate() {
+        for k in 0..4 {
+            if k < n {
+                let i = (r + k) * nb + b;
+                let q = w.quants(r + k, b);
+                // SAFETY: a 32-byte unaligned load of one block's quants.
+                e.w[k] = unsafe { _mm256_loadu_si256(q.as_ptr().cast()) };
+                e.s[k] = half::f16::from_bits(w.d[i]).to_f32();
+            } else {
+                e.w[k] = _mm256_setzero_si256();
+                e.s[k] = 0.0;
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn expand_q41(w: &super::Q41Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
+    let nb = w.nb;
+    let low = _mm256_set1_epi8(0x0F);
+    let iota_lo = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
+    let iota_hi = _mm256_setr_ps(8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);
+    let sign = _mm256_set1_ps(-0.0);
+    let rounding = _mm256_set1_ps(0.499_999_97);
+    for (b, e) in scratch.iter_mut().enumerate() {
+        for k in 0..4 {
+            if k >= n {
+                e.w[k] = _mm256_setzero_si256();
+                e.s[k] = 0.0;
+                continue;
+            }
+            let i = (r + k) * nb + b;
+            let d = half::f16::from_bits(w.d[i] & !super::SLOW).to_f32();
+            let m = half::f16::from_bits(w.m[i]).to_f32();
+            let d8 = super::q41_amax(d, m) / 127.0;
+            let id = if d8 != 0.0 { 1.0 / d8 } else { 0.0 };
+            let round = |iota: __m256| {
+                let vals = _mm256_add_ps(_mm256_mul_ps(iota, _mm256_set1_ps(d)), _mm256_set1_ps(m));
+                let xq = _mm256_mul_ps(vals, _mm256_set1_ps(id));
+                let h = _mm256_or_ps(_mm256_and_ps(xq, sign), rounding);
+                _mm256_cvttps_epi32(_mm256_add_ps(xq, h))
+            };
+            let (lo, hi) = (round(iota_lo), round(iota_hi));
+            // i32 -> i16 (lanes interleave per 128 bits; the permute restores order) -> i8.
+            let p16 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(lo, hi));
+            let table =
+                _mm_packs_epi16(_mm256_castsi256_si128(p16), _mm256_extracti128_si256::<1>(p16));
+            // SAFETY: a 16-byte unaligned load of one block's nibbles.
+            let nib = unsafe { _mm_loadu_si128(w.nibbles(r + k, b).as_ptr().cast()) };
+            let idx = _mm256_and_si256(
+                _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(nib), _mm_srli_epi16(nib, 4)),
+                low,
+            );
+            e.w[k] = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), idx);
+            e.s[k] = half::f16::from_f32(d8).to_f32();
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! AVX-512 VNNI kernels: two weight rows per 512-bit register, one `vpdpbusd` per pair
+//! of (weight rows, activation row) blocks.
+//!
+//! Weights are expanded to offset binary (`w + 128`, unsigned) so `vpdpbusd` can
+//! multiply them with the signed activation quants; starting the sum at the
+//! activation block's `-128 * sum` (precomputed in [`ActBlock`]) makes each `i32` lane
+//! exactly the four-product sum of candle's `vpmaddubsw`/`vpmaddwd` pair. Rows are
+//! stored by pairs as `[a lo, b lo, a hi, b hi]` 16-byte quarters, and activations
+//! duplicated as `[lo, lo, hi, hi]`, so one load brings two rows and lanes `0..4, 8..12`
+//! of an accumulator are row `a`'s eight candle lanes, `4..8, 12..16` row `b`'s. The
+//! `f32` steps (convert, scale `d_w * d_x`, one FMA per block, candle's horizontal
+//! sum) run in candle's order per lane.
+//!
+//! Q4_1 blocks become their Q8_0 requantisation on the fly: per block a 16-entry `i32`
+//! table of the quant of each nibble value, `round_ties_even(n * (d / d8) + m / d8)`
+//! (checked at load against the exact `encode_q8_0(decode_block(..))`; the few blocks
+//! where it differs are marked and get the exact table from the scalar reference),
+//! then one `vpermt2b` looks the 64 nibbles of two rows up in their two tables.
+//!
+//! With one activation row (decode) the weights go straight from memory into the dot
+//! products; with several, each group of four weight rows is first expanded into an
+//! L1-resident scratch and then reused for every activation row.
+//!
+//! Unsafe code: `#[target_feature]` functions may only be called where the CPU has the
+//! features (`super::level` checks them once; the entry point is `unsafe` for that), and
+//! SIMD loads and stores take raw pointers, each into a slice or array that holds the
+//! bytes read or written (stated at each site).
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::{ActBlock, Q8Rows, Q41Rows, QK, QuantActs, Source, hsum8};
+
+/// Four weight rows' block `b`, ready for the dot products: offset quants of the two row
+/// pairs and their scales in the matching lanes.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Expanded {
+    w: [__m512i; 2],
+    s: [__m512; 2],
+}
+
+/// Per-block values of one Q4_1 weight row for 16 consecutive blocks, each stored four
+/// times (`[4 * j..4 * j + 4]`) so a 128-bit broadcast load spreads it over a register
+/// without a shuffle.
+#[derive(Clone, Copy)]
+struct Params {
+    /// The Q8_0 scale (f16-rounded, widened), times the activation scale in the decode
+    /// path.
+    sc: [f32; 64],
+    /// `d * id` and `m * id`: the short form of the table.
+    a: [f32; 64],
+    b: [f32; 64],
+    /// Blocks whose table needs the exact form (bit `j`).
+    slow: u16,
+}
+
+/// Activation rows per inner loop of the scratch path.
+const GROUP: usize = 4;
+
+/// Blocks per parameter chunk.
+const CHUNK: usize = 16;
+
+/// Lanes of row `b` in a pair accumulator.
+const B_LANES: __mmask16 = 0xF0F0;
+
+const ZERO_PARAMS: Params = Params { sc: [0.0; 64], a: [0.0; 64], b: [0.0; 64], slow: 0 };
+
+/// Per-call working space of the row-group loops, set up once per [`matmul`] call
+/// rather than zeroed for every group of four rows. Entries of rows past the last
+/// (`k >= n`) keep stale values; they only feed lanes that are never stored.
+struct Work {
+    /// Q4_1 parameters (and Q8_0 scales in `sc`) of the four rows.
+    p: [Params; 4],
+    /// Q4_1 tables of the four rows.
+    tables: [[__m512i; 16]; 4],
+}
+
+/// See [`super::matmul_q8`].
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+pub(super) unsafe fn matmul(w: Source<'_>, rows: Range<usize>, x: &QuantActs, out: &mut [f32]) {
+    let (m, nb) = (x.m, x.nb);
+    assert!(
+        w.nb() == nb
+            && rows.start.is_multiple_of(2)
+            && rows.end <= w.rows()
+            && out.len() >= rows.len() * m
+            && x.blocks.len() >= m * nb
+            && x.d.len() >= m * nb,
+        "kernel shapes"
+    );
+    let mut work = Work { p: [ZERO_PARAMS; 4], tables: [[_mm512_setzero_si512(); 16]; 4] };
+    if m == 1 {
+        let mut r = rows.start;
+        while r < rows.end {
+            let n = (rows.end - r).min(4);
+            let acc = match w {
+                Source::Q8(q) => decode_q8(q, r, n, x, &mut work),
+                Source::Q41(q) => decode_q41(q, r, n, x, &mut work),
+            };
+            store(&acc, &mut out[r - rows.start..], n, 1, 0);
+            r += 4;
+        }
+        return;
+    }
+    if m <= GROUP {
+        // A few activation rows (a decode step of a few sequences): each weight block
+        // goes from memory straight into all of their dot products, no scratch.
+        let mut r = rows.start;
+        while r < rows.end {
+            let n = (rows.end - r).min(4);
+            let col = (r - rows.start) * m;
+            match m {
+                2 => store_all(&fused::<2>(w, r, n, x, &mut work), &mut out[col..], n),
+                3 => store_all(&fused::<3>(w, r, n, x, &mut work), &mut out[col..], n),
+                _ => store_all(&fused::<4>(w, r, n, x, &mut work), &mut out[col..], n),
+            }
+            r += 4;
+        }
+        return;
+    }
+    let zero = Expanded { w: [_mm512_setzero_si512(); 2], s: [_mm512_setzero_ps(); 2] };
+    let mut scratch = vec![zero; nb];
+    let mut r = rows.start;
+    while r < rows.end {
+        let n = (rows.end - r).min(4);
+        match w {
+            Source::Q8(q) => expand_q8(q, r, n, &mut scratch),
+            Source::Q41(q) => expand_q41(q, r, n, &mut scratch),
+        }
+        let col = r - rows.start;
+        let mut i = 0;
+        while i + GROUP <= m {
+            dot::<GROUP>(&scratch, x, i, &mut out[col * m..], n, m);
+            i += GROUP;
+        }
+        match m - i {
+            1 => dot::<1>(&scratch, x, i, &mut out[col * m..], n, m),
+            2 => dot::<2>(&scratch, x, i, &mut out[col * m..], n, m),
+            3 => dot::<3>(&scratch, x, i, &mut out[col * m..], n, m),
+            _ => {}
+        }
+        r += 4;
+    }
+}
+
+/// Horizontal sums of two pair accumulators into `out[q * m + i]` for the `n` real rows.
+#[target_feature(enable = "avx512f,avx2")]
+fn store(acc: &[__m512; 2], out: &mut [f32], n: usize, m: usize, i: usize) {
+    for (h, a) in acc.iter().enumerate() {
+        let mut lanes = [0f32; 16];
+        // SAFETY: `lanes` holds 16 floats.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
+        for half in 0..2 {
+            let q = 2 * h + half;
+            if q < n {
+                let at = 4 * half;
+                let l: [f32; 8] = std::array::from_fn(|t| lanes[at + t % 4 + 8 * (t / 4)]);
+                out[q * m + i] = hsum8(&l);
+            }
+        }
+    }
+}
+
+/// [`store`] for each of `G` activation rows.
+#[target_feature(enable = "avx512f,avx2")]
+fn store_all<const G: usize>(acc: &[[__m512; 2]; G], out: &mut [f32], n: usize) {
+    for (g, pair) in acc.iter().enumerate() {
+        store(pair, out, n, G, g);
+    }
+}
+
+/// `G` (2..=4) activation rows against weight rows `r..r + n` (n <= 4, r even): the
+/// decode loop with the weight block decoded once and dotted with every row. The
+/// per-block scale is `d_w * d_x` as in [`dot`], so results are bit-identical to the
+/// scratch path.
+#[allow(clippy::needless_range_loop, reason = "`j` indexes a row of `tables` and the scales")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn fused<const G: usize>(
+    w: Source<'_>,
+    r: usize,
+    n: usize,
+    x: &QuantActs,
+    work: &mut Work,
+) -> [[__m512; 2]; G] {
+    let nb = w.nb();
+    let pairs = n.div_ceil(2);
+    let xb: [&[ActBlock]; G] = std::array::from_fn(|g| &x.blocks[g * nb..][..nb]);
+    let xd: [&[f32]; G] = std::array::from_fn(|g| &x.d[g * nb..][..nb]);
+    let mut acc = [[_mm512_setzero_ps(); 2]; G];
+    let Work { p, tables } = work;
+    for b0 in (0..nb).step_by(CHUNK) {
+        let len = (nb - b0).min(CHUNK);
+        for (k, pk) in p.iter_mut().enumerate().take(n) {
+            match w {
+                Source::Q8(q) => q8_scales(q, r + k, b0, len, None, &mut pk.sc),
+                Source::Q41(q) => {
+                    q41_params(q, r + k, b0, len, None, pk);
+                    q41_tables(q, r + k, b0, len, pk, &mut tables[k]);
+                }
+            }
+        }
+        for j in 0..len {
+            let b = b0 + j;
+            for h in 0..pairs {
+                let (a, c) = (2 * h, 2 * h + 1);
+                let wq = match w {
+                    Source::Q8(q) => q8_pair(q, r / 2 + h, b),
+                    Source::Q41(q) => q41_pair(q, r / 2 + h, b, tables[a][j], tables[c][j]),
+                };
+                let s = pair_scale(&p[a].sc, &p[c].sc, j);
+                for (accg, (xb, xd)) in acc.iter_mut().zip(xb.iter().zip(&xd)) {
+                    let (y, nc) = act(&xb[b]);
+                    let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wq, y));
+                    let sy = _mm512_mul_ps(s, _mm512_set1_ps(xd[b]));
+                    accg[h] = _mm512_fmadd_ps(sy, q, accg[h]);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Activation block quants and corrections in paired-row order.
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+fn act(blk: &ActBlock) -> (__m512i, __m512i) {
+    // SAFETY: `ActBlock` is 64-byte aligned and `qs2`/`neg_corr2` sit at offsets 64 and
+    // 128: aligned 64-byte loads inside the block.
+    unsafe {
+        (
+            _mm512_load_si512(blk.qs2.as_ptr().cast()),
+            _mm512_load_si512(blk.neg_corr2.as_ptr().cast()),
+        )
+    }
+}
+
+/// Store the first `len` lanes of `v` four times each: lane `j` at
+/// `out[4 * j..4 * j + 4]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+fn replicate(v: __m512, out: &mut [f32; 64], len: usize) {
+    for q in 0..len.div_ceil(4).min(4) {
+        let base = i32::try_from(4 * q).unwrap_or(0);
+        let idx = _mm512_setr_epi32(
+            base,
+            base,
+            base,
+            base,
+            base + 1,
+            base + 1,
+            base + 1,
+            base + 1,
+            base + 2,
+            base + 2,
+            base + 2,
+            base + 2,
+            base + 3,
+            base + 3,
+            base + 3,
+            base + 3,
+        );
+        // SAFETY: 16 floats at `16 * q`, inside the 64.
+        unsafe { _mm512_storeu_ps(out[16 * q..].as_mut_ptr(), _mm512_permutexvar_ps(idx, v)) };
+    }
+}
+
+/// Entry `j` of a replicated array in every lane (a 128-bit broadcast load).
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+fn bcast4(a: &[f32; 64], j: usize) -> __m512 {
+    let four = &a[4 * j..4 * j + 4];
+    // SAFETY: four floats.
+    _mm512_broadcast_f32x4(unsafe { _mm_loadu_ps(four.as_ptr()) })
+}
+
+/// Row `a`'s scale in its lanes, row `b`'s in its lanes.
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+fn pair_scale(a: &[f32; 64], b: &[f32; 64], j: usize) -> __m512 {
+    _mm512_mask_blend_ps(B_LANES, bcast4(a, j), bcast4(b, j))
+}
+
+/// Dot products of four weight rows with activation rows `i0..i0 + G` from the scratch.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn dot<const G: usize>(
+    scratch: &[Expanded],
+    x: &QuantActs,
+    i0: usize,
+    out: &mut [f32],
+    n: usize,
+    m: usize,
+) {
+    let nb = scratch.len();
+    let mut acc = [[_mm512_setzero_ps(); 2]; G];
+    let xb: [&[ActBlock]; G] = std::array::from_fn(|g| &x.blocks[(i0 + g) * nb..][..nb]);
+    let xd: [&[f32]; G] = std::array::from_fn(|g| &x.d[(i0 + g) * nb..][..nb]);
+    for (b, e) in scratch.iter().enumerate() {
+        for g in 0..G {
+            let (y, nc) = act(&xb[g][b]);
+            let dy = _mm512_set1_ps(xd[g][b]);
+            for ((a, w), s) in acc[g].iter_mut().zip(&e.w).zip(&e.s) {
+                let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, *w, y));
+                *a = _mm512_fmadd_ps(_mm512_mul_ps(*s, dy), q, *a);
+            }
+        }
+    }
+    for (g, pair) in acc.iter().enumerate() {
+        store(pair, out, n, m, i0 + g);
+    }
+}
+
+/// Offset quants of Q8_0 row pair `pair`, block `b`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+fn q8_pair(w: &Q8Rows, pair: usize, b: usize) -> __m512i {
+    // SAFETY: a 64-byte unaligned load of one pair's block.
+    let q = unsafe { _mm512_loadu_si512(w.qs[pair * w.nb + b].as_ptr().cast()) };
+    _mm512_xor_si512(q, _mm512_set1_epi8(i8::MIN))
+}
+
+/// A mask of the first `len` (<= 16) lanes.
+#[inline]
+fn lanes(len: usize) -> __mmask16 {
+    let len = u32::try_from(len.min(16)).unwrap_or(16);
+    u16::try_from((1u32 << len) - 1).unwrap_or(u16::MAX)
+}
+
+/// Widened f16 scales of blocks `b0..b0 + len` of Q8_0 row `r` (`len <= 16`), times
+/// the activation scales `xd` when given.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
+fn q8_scales(w: &Q8Rows, r: usize, b0: usize, len: usize, xd: Option<&[f32]>, sc: &mut [f32; 64]) {
+    let i = r * w.nb + b0;
+    let k = lanes(len);
+    let d = &w.d[i..i + len];
+    // SAFETY: masked loads touch only the `len` lanes the mask selects, all inside the
+    // slices.
+    let mut v = _mm512_cvtph_ps(unsafe { _mm256_maskz_loadu_epi16(k, d.as_ptr().cast()) });
+    if let Some(xd) = xd {
+        let xd = &xd[b0..b0 + len];
+        // SAFETY: as above.
+        v = _mm512_mul_ps(v, unsafe { _mm512_maskz_loadu_ps(k, xd.as_ptr()) });
+    }
+    replicate(v, sc, len);
+}
+
+/// One activation row against Q8_0 rows `r..r + n` (n <= 4, r even).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn decode_q8(w: &Q8Rows, r: usize, n: usize, x: &QuantActs, work: &mut Work) -> [__m512; 2] {
+    let nb = w.nb;
+    let pairs = n.div_ceil(2);
+    let p = &mut work.p;
+    let mut acc = [_mm512_setzero_ps(); 2];
+    for b0 in (0..nb).step_by(CHUNK) {
+        let len = (nb - b0).min(CHUNK);
+        for (k, pk) in p.iter_mut().enumerate().take(n) {
+            q8_scales(w, r + k, b0, len, Some(&x.d), &mut pk.sc);
+        }
+        for (j, blk) in x.blocks[b0..b0 + len].iter().enumerate() {
+            let (y, nc) = act(blk);
+            for h in 0..pairs {
+                let wq = q8_pair(w, r / 2 + h, b0 + j);
+                let s = pair_scale(&p[2 * h].sc, &p[2 * h + 1].sc, j);
+                let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wq, y));
+                acc[h] = _mm512_fmadd_ps(s, q, acc[h]);
+            }
+        }
+    }
+    acc
+}
+
+/// Q8_0 rows `r..r + n` (n <= 4, r even; missing rows are zero weights) into the
+/// scratch.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn expand_q8(w: &Q8Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
+    let nb = w.nb;
+    let pairs = n.div_ceil(2);
+    let mut sc = [[0f32; 64]; 4];
+    for b0 in (0..nb).step_by(CHUNK) {
+        let len = (nb - b0).min(CHUNK);
+        for (k, s) in sc.iter_mut().enumerate().take(n) {
+            q8_scales(w, r + k, b0, len, None, s);
+        }
+        for (j, e) in scratch[b0..b0 + len].iter_mut().enumerate() {
+            for h in 0..2 {
+                e.w[h] = if h < pairs {
+                    q8_pair(w, r / 2 + h, b0 + j)
+                } else {
+                    _mm512_set1_epi8(i8::MIN)
+                };
+                e.s[h] = pair_scale(&sc[2 * h], &sc[2 * h + 1], j);
+            }
+        }
+    }
+}
+
+/// The Q8_0 requantisation's parameters for blocks `b0..b0 + len` of Q4_1 row `r`:
+/// `d8 = amax / 127`, `id = 1 / d8` and the f16-rounded `d8` exactly as
+/// `quant::encode_q8_0` computes them, the short-form table coefficients, and the
+/// slow marks; the scale times the activation scales `xd` when given.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn q41_params(w: &Q41Rows, r: usize, b0: usize, len: usize, xd: Option<&[f32]>, p: &mut Params) {
+    let i = r * w.nb + b0;
+    let k = lanes(len);
+    let (d, m) = (&w.d[i..i + len], &w.m[i..i + len]);
+    // SAFETY: masked loads touch only the `len` lanes the mask selects, all inside `d`
+    // and `m`.
+    let (draw, mh) = unsafe {
+        (
+            _mm256_maskz_loadu_epi16(k, d.as_ptr().cast()),
+            _mm256_maskz_loadu_epi16(k, m.as_ptr().cast()),
+        )
+    };
+    p.slow = _mm256_movepi16_mask(draw);
+    let flag = _mm256_set1_epi16(super::SLOW.cast_signed());
+    let dv = _mm512_cvtph_ps(_mm256_andnot_si256(flag, draw));
+    let mv = _mm512_cvtph_ps(mh);
+    let f15 = _mm512_fmadd_ps(_mm512_set1_ps(15.0), dv, mv);
+    let amax = _mm512_max_ps(_mm512_abs_ps(mv), _mm512_abs_ps(f15));
+    let d8 = _mm512_div_ps(amax, _mm512_set1_ps(127.0));
+    let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(d8, _mm512_setzero_ps());
+    let id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0), d8);
+    let mut sc =
+        _mm512_cvtph_ps(_mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(d8));
+    if let Some(xd) = xd {
+        let xd = &xd[b0..b0 + len];
+        // SAFETY: a masked load of the `len` floats of `xd`.
+        sc = _mm512_mul_ps(sc, unsafe { _mm512_maskz_loadu_ps(k, xd.as_ptr()) });
+    }
+    replicate(sc, &mut p.sc, len);
+    replicate(_mm512_mul_ps(dv, id), &mut p.a, len);
+    replicate(_mm512_mul_ps(mv, id), &mut p.b, len);
+}
+
+/// The exact table of block `i` (blocks marked slow), through the scalar reference.
+#[cold]
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx2")]
+fn q41_exact_table(w: &Q41Rows, i: usize) -> __m512i {
+    let (table, _) = super::q41_table(w.d[i], w.m[i]);
+    let bytes: [u8; 16] = std::array::from_fn(|n| table[n].to_le_bytes()[0]);
+    // SAFETY: 16 bytes.
+    _mm512_cvtepi8_epi32(unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) })
+}
+
+/// The tables (`i32` quant per nibble value) of blocks `b0..b0 + len` of Q4_1 row `r`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn q41_tables(w: &Q41Rows, r: usize, b0: usize, len: usize, p: &Params, out: &mut [__m512i; 16]) {
+    let iota = _mm512_setr_ps(
+        0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+    );
+    for (j, t) in out.iter_mut().enumerate().take(len) {
+        let x = _mm512_fmadd_ps(iota, bcast4(&p.a, j), bcast4(&p.b, j));
+        *t = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+    }
+    let mut slow = p.slow & lanes(len);
+    while slow != 0 {
+        let j = slow.trailing_zeros() as usize;
+        out[j] = q41_exact_table(w, r * w.nb + b0 + j);
+        slow &= slow - 1;
+    }
+}
+
+/// Offset quants of Q4_1 row pair `pair`, block `b`, from the two rows' tables.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx2")]
+fn q41_pair(w: &Q41Rows, pair: usize, b: usize, ta: __m512i, tb: __m512i) -> __m512i {
+    // Nibbles `[a, b]`, broadcast to `[a, b, a, b]`.
+    // SAFETY: a 32-byte unaligned load of one pair's block.
+    let nib = _mm512_broadcast_i64x4(unsafe {
+        _mm256_loadu_si256(w.qs[pair * w.nb + b].as_ptr().cast())
+    });
+    // Byte i of lanes 0 and 1: the low nibble of byte i, times 4 (its table entry's
+    // low byte); of lanes 2 and 3: the high nibble. The bit offsets select bits
+    // 8i - 2 .. 8i + 5 (low) and 8i + 2 .. 8i + 9 (high) of each quadword.
+    let ctrl = _mm512_set_epi64(
+        0x3a32_2a22_1a12_0a02,
+        0x3a32_2a22_1a12_0a02,
+        0x3a32_2a22_1a12_0a02,
+        0x3a32_2a22_1a12_0a02,
+        0x362e_261e_160e_063e,
+        0x362e_261e_160e_063e,
+        0x362e_261e_160e_063e,
+        0x362e_261e_160e_063e,
+    );
+    let shifted = _mm512_multishift_epi64_epi8(ctrl, nib);
+    // (shifted & 0x3c) | (64 in row b's lanes: its table is vpermt2b's second source).
+    let bias = _mm512_maskz_mov_epi32(B_LANES, _mm512_set1_epi8(64));
+    let idx = _mm512_ternarylogic_epi32::<0xEA>(shifted, _mm512_set1_epi8(0x3c), bias);
+    _mm512_xor_si512(_mm512_permutex2var_epi8(ta, idx, tb), _mm512_set1_epi8(i8::MIN))
+}
+
+/// One activation row against Q4_1 rows `r..r + n` (n <= 4, r even).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn decode_q41(w: &Q41Rows, r: usize, n: usize, x: &QuantActs, work: &mut Work) -> [__m512; 2] {
+    let nb = w.nb;
+    let pairs = n.div_ceil(2);
+    let Work { p, tables } = work;
+    let mut acc = [_mm512_setzero_ps(); 2];
+    for b0 in (0..nb).step_by(CHUNK) {
+        let len = (nb - b0).min(CHUNK);
+        for k in 0..n {
+            q41_params(w, r + k, b0, len, Some(&x.d), &mut p[k]);
+            q41_tables(w, r + k, b0, len, &p[k], &mut tables[k]);
+        }
+        for (j, blk) in x.blocks[b0..b0 + len].iter().enumerate() {
+            let (y, nc) = act(blk);
+            for (h, acc) in acc.iter_mut().enumerate().take(pairs) {
+                let (a, c) = (2 * h, 2 * h + 1);
+                let wq = q41_pair(w, r / 2 + h, b0 + j, tables[a][j], tables[c][j]);
+                let s = pair_scale(&p[a].sc, &p[c].sc, j);
+                let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wq, y));
+                *acc = _mm512_fmadd_ps(s, q, *acc);
+            }
+        }
+    }
+    acc
+}
+
+/// Q4_1 rows `r..r + n` (n <= 4, r even; missing rows are zero weights) into the
+/// scratch.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn expand_q41(w: &Q41Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
+    let nb = w.nb;
+    let pairs = n.div_ceil(2);
+    let mut p = [ZERO_PARAMS; 4];
+    let mut tables = [[_mm512_setzero_si512(); 16]; 4];
+    for b0 in (0..nb).step_by(CHUNK) {
+        let len = (nb - b0).min(CHUNK);
+        for k in 0..n {
+            q41_params(w, r + k, b0, len, None, &mut p[k]);
+            q41_tables(w, r + k, b0, len, &p[k], &mut tables[k]);
+        }
+        for (j, e) in scratch[b0..b0 + len].iter_mut().enumerate() {
+            for h in 0..2 {
+                let (a, c) = (2 * h, 2 * h + 1);
+                e.w[h] = if h < pairs {
+                    q41_pair(w, r / 2 + h, b0 + j, tables[a][j], tables[c][j])
+                } else {
+                    _mm512_set1_epi8(i8::MIN)
+                };
+                e.s[h] = pair_scale(&p[a].sc, &p[c].sc, j);
+            }
+        }
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<ActBlock>() == 192 && QK == 32);
