@@ -188,14 +188,14 @@ stream() {
 date_utc=$(date -u +%Y-%m-%d)
 cpu_model=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 profile=release; ((smoke)) && profile="debug (smoke)"
-echo "## Router overhead ($date_utc)"
+echo "### Latest run ($date_utc)"
 echo
 echo "Machine: $(nproc) cores ($cpu_model), $(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo) GiB; load generator, mocks and proxies share the cores. Build: $profile."
 echo "Command: \`benches/router-overhead.sh -d $duration -c \"$conns\" --hold $hold\`."
 echo
 echo "Start-up to first \`/health\`: **${startup_ms} ms**; idle RSS **$(mb "$idle_rss_kb") MB** (no model)."
 echo
-echo "### Non-streaming chat (wrk, 1 thread, keep-alive)"
+echo "#### Non-streaming chat (wrk, 1 thread, keep-alive)"
 echo
 echo "| conns | direct req/s | nginx req/s | switchyard req/s | **sy/nginx** | direct p50/p99 ms | nginx p50/p99 ms | switchyard p50/p99 ms | sy added p50/p99 ms | CPU µs/req nginx | CPU µs/req switchyard |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
@@ -211,7 +211,7 @@ done
 
 if ((streaming)); then
 echo
-echo "### Streaming chat (switchyard-load; the mock sends 22 chunks 5 ms apart)"
+echo "#### Streaming chat (switchyard-load; the mock sends 22 chunks 5 ms apart)"
 echo
 echo "Time to first byte (TTFB) is from sending the request to the first body chunk; the"
 echo "gap is between consecutive chunks, so an added gap near zero means nothing buffers."
@@ -280,7 +280,7 @@ read -r _ _ open2_kb after2_kb errors2 < <(hold_round)
 [[ -n "${errors:-}" && -n "${errors2:-}" ]] || fail "a hold round failed (see above)"
 per_stream=$(awk -v a="$open_kb" -v b="$before_kb" -v n="$opened" 'BEGIN { printf "%.1f", (a - b) / n }')
 echo
-echo "### $opened streams open at once (one fresh router, h2c upstream)"
+echo "#### $opened streams open at once (one fresh router, h2c upstream)"
 echo
 echo "| streams | open after ms | router RSS before MB | RSS with all open MB | **KiB per open stream** | RSS after they end MB | second round: RSS open / after MB | errors |"
 echo "|---|---|---|---|---|---|---|---|"
