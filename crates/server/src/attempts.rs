@@ -65,16 +65,31 @@ struct Tracked {
     backend: BackendId,
     stats: Option<InFlight>,
     started: Instant,
+    /// `backend_request_duration_seconds` of this backend, recorded at the end.
+    duration: Option<metrics::Histogram>,
 }
 
 impl Job {
     /// Try the plan's candidates until one answers.
     pub(crate) async fn run(self) -> Result<Answer, ApiError> {
+        self.run_timed().await.0
+    }
+
+    /// [`run`](Self::run), also returning the time spent waiting on upstreams and retry
+    /// backoff (what the router's overhead excludes).
+    pub(crate) async fn run_timed(self) -> (Result<Answer, ApiError>, std::time::Duration) {
+        let mut waited = std::time::Duration::ZERO;
+        let result = self.attempt(&mut waited).await;
+        (result, waited)
+    }
+
+    async fn attempt(self, waited: &mut std::time::Duration) -> Result<Answer, ApiError> {
         let Job { state, endpoint, body, meta, key, forward, plan } = self;
         state.budget.deposit();
         let max_attempts = state.settings.retry.max_retries as usize + 1;
         let mut attempts = 0;
         let mut supported = false;
+        let mut limited: Option<std::time::Duration> = None;
         let mut last: Option<Failure> = None;
         'plan: for step in &plan.steps {
             let route = &step.route;
@@ -98,14 +113,23 @@ impl Job {
                 let index = route.candidates[i];
                 let backend = &state.spec.backends[index].backend;
                 let id = backend.id();
+                if let Err(refused) = state.limits.check_backend(index).await {
+                    crate::metrics::metrics().rate_limited(refused.scope);
+                    let wait = limited.map_or(refused.retry_after, |w| w.min(refused.retry_after));
+                    limited = Some(wait);
+                    continue;
+                }
                 let Some(admission) = route.health.admit(id) else { continue };
                 if attempts > 0 {
                     if !state.budget.try_withdraw() {
                         tracing::debug!(backend = %id, "retry budget exhausted");
                         break 'plan;
                     }
-                    tokio::time::sleep(state.settings.retry.backoff(attempts as u32 - 1)).await;
+                    let backoff = state.settings.retry.backoff(attempts as u32 - 1);
+                    tokio::time::sleep(backoff).await;
+                    *waited += backoff;
                 }
+                let metrics = &state.backend_metrics[index];
                 attempts += 1;
                 let mut stats = route.selector.start(i);
                 let request = BackendRequest {
@@ -116,9 +140,13 @@ impl Job {
                     headers: forward.clone(),
                 };
                 let started = Instant::now();
-                let response = match backend.send(request).await {
+                let sent = backend.send(request).await;
+                *waited += started.elapsed();
+                let response = match sent {
                     Ok(response) => response,
                     Err(error) => {
+                        metrics.failed.increment(1);
+                        metrics.duration.record(started.elapsed().as_secs_f64());
                         admission.record(Outcome::from_error(&error), started.elapsed());
                         stats.failure();
                         tracing::debug!(backend = %id, code = %error.code, "attempt failed");
@@ -130,7 +158,11 @@ impl Job {
                     }
                 };
                 let head = started.elapsed();
+                if !response.status.is_success() {
+                    metrics.error_status.increment(1);
+                }
                 if retryable_status(response.status) {
+                    metrics.duration.record(head.as_secs_f64());
                     let wait = switchyard_backends::retry_after(&response.headers);
                     admission.record(Outcome::from_status(response.status.as_u16(), wait), head);
                     stats.failure();
@@ -140,6 +172,10 @@ impl Job {
                 }
                 let response = match response.body {
                     ResponseBody::Full(_) => {
+                        if response.status.is_success() {
+                            metrics.ok.increment(1);
+                        }
+                        metrics.duration.record(head.as_secs_f64());
                         admission
                             .record(Outcome::from_status(response.status.as_u16(), None), head);
                         stats.record_latency(head);
@@ -149,6 +185,10 @@ impl Job {
                     ResponseBody::Stream(stream) => match first_chunk(stream).await {
                         Ok(stream) => {
                             let first = started.elapsed();
+                            *waited += first.saturating_sub(head);
+                            if response.status.is_success() {
+                                metrics.ok.increment(1);
+                            }
                             admission.record(Outcome::Success, first);
                             stats.record_latency(first);
                             let tracked = Tracked {
@@ -157,6 +197,7 @@ impl Job {
                                 backend: id.clone(),
                                 stats: Some(stats),
                                 started,
+                                duration: Some(metrics.duration.clone()),
                             };
                             BackendResponse {
                                 body: ResponseBody::Stream(Box::pin(tracked)),
@@ -164,6 +205,9 @@ impl Job {
                             }
                         }
                         Err(error) => {
+                            *waited += started.elapsed().saturating_sub(head);
+                            metrics.failed.increment(1);
+                            metrics.duration.record(started.elapsed().as_secs_f64());
                             admission.record(
                                 Outcome::Failure(FailureKind::Interrupted),
                                 started.elapsed(),
@@ -183,6 +227,14 @@ impl Job {
                 Ok(Answer { response, index, model: plan.steps[0].route.model.clone() })
             }
             Some(Failure::Error(error)) => Err(error),
+            None if limited.is_some() => {
+                let mut error = ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!("every backend of `{}` is at its rate limit", meta.model),
+                );
+                error.retry_after = limited;
+                Err(error)
+            }
             None if supported => Err(ApiError::new(
                 ErrorCode::NoHealthyBackend,
                 format!("no healthy backend can serve `{}` right now", meta.model),
@@ -252,6 +304,9 @@ impl Stream for Tracked {
             Poll::Ready(Some(Err(_))) => {
                 // A cut stream is a failure of its backend.
                 let elapsed = this.started.elapsed();
+                if let Some(duration) = this.duration.take() {
+                    duration.record(elapsed.as_secs_f64());
+                }
                 this.health.record(
                     &this.backend,
                     Outcome::Failure(FailureKind::Interrupted),
@@ -262,6 +317,9 @@ impl Stream for Tracked {
                 }
             }
             Poll::Ready(None) => {
+                if let Some(duration) = this.duration.take() {
+                    duration.record(this.started.elapsed().as_secs_f64());
+                }
                 if let Some(stats) = this.stats.take() {
                     stats.success();
                 }
