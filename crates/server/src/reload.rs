@@ -62,9 +62,10 @@ pub(crate) struct Live {
     reload: Option<Reload>,
 }
 
-/// What reloading needs, when the router was started from a configuration.
+/// The configuration a router was started from, and what reloading it needs.
 struct Reload {
-    loader: ConfigLoader,
+    /// `None`: the configuration is shown but never reloaded.
+    loader: Option<ConfigLoader>,
     factory: ClientFactory,
     /// The effective configuration: the file's, with restart-only keys at their
     /// running values.
@@ -79,6 +80,8 @@ struct Reload {
 struct ReloadStatus {
     /// Applied configurations, the first one included.
     generation: u64,
+    /// Reloads attempted (skipped file events not counted).
+    attempts: u64,
     /// `applied`, `unchanged` or `failed`; `none` before the first reload.
     last_result: &'static str,
     /// What started the last reload: `file`, `signal` or `admin`.
@@ -139,15 +142,16 @@ impl Live {
         }
     }
 
-    /// Live state that can reload `config` through `loader`.
-    pub(crate) fn reloadable(
+    /// Live state started from `config`, reloaded through `loader` (if any).
+    pub(crate) fn from_config(
         state: AppState,
         checker: Option<HealthChecker>,
         config: Config,
-        loader: ConfigLoader,
+        loader: Option<ConfigLoader>,
         factory: ClientFactory,
     ) -> Live {
-        let mut files: Vec<PathBuf> = loader.file.iter().cloned().collect();
+        let mut files: Vec<PathBuf> =
+            loader.iter().flat_map(|l| l.file.iter()).cloned().collect();
         files.extend(config.auth.api_keys_file.iter().cloned());
         let status = ReloadStatus {
             generation: 1,
@@ -189,13 +193,14 @@ impl Live {
 
     /// Whether reload is possible.
     pub(crate) fn can_reload(&self) -> bool {
-        self.reload.is_some()
+        self.reload.as_ref().is_some_and(|r| r.loader.is_some())
     }
 
     /// The files a watcher should follow now: the config file and the key file.
     fn watched_files(&self) -> Vec<PathBuf> {
         let Some(reload) = &self.reload else { return Vec::new() };
-        let mut files: Vec<PathBuf> = reload.loader.file.iter().cloned().collect();
+        let Some(loader) = &reload.loader else { return Vec::new() };
+        let mut files: Vec<PathBuf> = loader.file.iter().cloned().collect();
         if let Some(keys) = &reload.config.load().auth.api_keys_file {
             files.push(keys.clone());
         }
@@ -212,16 +217,30 @@ impl Live {
 
     /// Reload the configuration. File-triggered reloads of unchanged bytes do nothing.
     pub(crate) async fn reload(&self, trigger: Trigger) -> Result<Outcome, ApiError> {
-        let Some(reload) = &self.reload else {
+        let Some((reload, loader)) =
+            self.reload.as_ref().and_then(|r| Some((r, r.loader.as_ref()?)))
+        else {
             return Err(ApiError::new(
                 ErrorCode::Unsupported,
-                "this router was not started from a configuration; nothing to reload",
+                "this router was not started from a configuration file; nothing to reload",
             ));
         };
         let _one_at_a_time = reload.lock.lock().await;
         let files = self.watched_files();
-        let load = reload.loader.load.clone();
-        let read = tokio::task::spawn_blocking(move || (fingerprint(&files), load())).await;
+        let load = loader.load.clone();
+        let main = loader.file.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            // An empty file means "all defaults" at start-up; mid-flight it is far more
+            // likely a file being written, and all defaults is not what anyone wants.
+            if let Some(file) = main.filter(|f| f.exists())
+                && std::fs::read(&file).is_ok_and(|bytes| bytes.trim_ascii().is_empty())
+            {
+                let error = format!("{} is empty (still being written?)", file.display());
+                return (fingerprint(&files), Err(error));
+            }
+            (fingerprint(&files), load().map_err(|e| e.to_string()))
+        })
+        .await;
         let (print, loaded) = match read {
             Ok(read) => read,
             Err(_) => return Err(self.failed(reload, trigger, None, "the loader panicked".into())),
@@ -235,7 +254,7 @@ impl Live {
         }
         let mut config = match loaded {
             Ok(config) => config,
-            Err(error) => return Err(self.failed(reload, trigger, print, error.to_string())),
+            Err(error) => return Err(self.failed(reload, trigger, print, error)),
         };
         let running = reload.config.load_full();
         let pending = switchyard_config::restart_required(&running, &config);
@@ -288,6 +307,7 @@ impl Live {
             status.generation += 1;
         }
         let result = if changed { "applied" } else { "unchanged" };
+        status.attempts += 1;
         status.last_result = result;
         status.last_trigger = Some(trigger.as_str());
         status.last_attempt_unix = Some(now);
@@ -314,6 +334,7 @@ impl Live {
     fn failed(&self, reload: &Reload, trigger: Trigger, print: Option<u64>, error: String) -> ApiError {
         let error = self.scrub(error);
         let mut status = reload.status.lock();
+        status.attempts += 1;
         status.last_result = "failed";
         status.last_trigger = Some(trigger.as_str());
         status.last_attempt_unix = Some(unix_now());
@@ -373,7 +394,7 @@ impl Live {
         let state = self.state();
         let config = self.reload.as_ref().map(|r| r.config.load_full());
         let view = View {
-            file: self.reload.as_ref().and_then(|r| r.loader.file.as_deref()),
+            file: self.reload.as_ref().and_then(|r| r.loader.as_ref()?.file.as_deref()),
             reload: self.reload.as_ref().map(|r| r.status.lock().clone()),
             api_keys: state
                 .settings

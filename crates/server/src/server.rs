@@ -61,11 +61,7 @@ impl Server {
         let spec = crate::convert::router_spec(&config, &factory)?;
         let (listener, tls) = listen(&settings).await?;
         let (state, checker, transitions) = start(settings, spec).await?;
-        let live = match options.reload {
-            Some(loader) => Live::reloadable(state, Some(checker), config, loader, factory),
-            None => Live::fixed(state, Some(checker)),
-        };
-        let live = Arc::new(live);
+        let live = Arc::new(Live::from_config(state, Some(checker), config, options.reload, factory));
         if let Some(render) = options.metrics {
             live.set_render(render);
         }
