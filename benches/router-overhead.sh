@@ -63,10 +63,12 @@ wait_http "$mock_port" /health
 
 router_port=$(free_port)
 cat >"$work/switchyard.yaml" <<YAML
-server: { bind_address: "127.0.0.1:$router_port" }
+# One worker, like nginx's worker_processes 1; an upstream pool as large as nginx's.
+server: { bind_address: "127.0.0.1:$router_port", workers: 1 }
 backends:
   - { name: mock, type: openai, url: "http://127.0.0.1:$mock_port", models: [mock-model] }
 health_checks: { enabled: false }
+http_client: { pool_max_idle_per_host: 256 }
 logging: { level: warn }
 YAML
 start_ns=$(date +%s%N)

@@ -67,12 +67,10 @@ async fn start(tag: &str, config: &str) -> Running {
         .expect("spawn switchyard");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok((status, _)) =
-            http(port, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await
-        {
-            if status == 200 {
-                break;
-            }
+        let health =
+            http(port, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        if health.is_ok_and(|(status, _)| status == 200) {
+            break;
         }
         assert!(Instant::now() < deadline, "switchyard did not come up");
         tokio::time::sleep(ms(50)).await;
@@ -106,8 +104,14 @@ fn config_for(mock: &MockUpstream) -> String {
 }
 
 fn python_with_openai() -> Option<&'static str> {
+    python_with("openai")
+}
+
+/// `python3` if it can import `module`; without it the test fails with the command
+/// that installs it, unless SWITCHYARD_SKIP_PYTHON is set.
+fn python_with(module: &str) -> Option<&'static str> {
     let ok = Command::new("python3")
-        .args(["-c", "import openai"])
+        .args(["-c", &format!("import {module}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -117,8 +121,8 @@ fn python_with_openai() -> Option<&'static str> {
     }
     assert!(
         std::env::var_os("SWITCHYARD_SKIP_PYTHON").is_some(),
-        "the `openai` Python package is missing: run scripts/test.sh (it installs it), \
-         `python3 -m pip install openai`, or set SWITCHYARD_SKIP_PYTHON=1"
+        "the `{module}` Python package is missing: run scripts/test.sh (it installs it), \
+         `python3 -m pip install {module}`, or set SWITCHYARD_SKIP_PYTHON=1"
     );
     None
 }
@@ -128,7 +132,7 @@ async fn openai_python_sdk_against_the_binary() {
     let Some(python) = python_with_openai() else { return };
     let mock = MockUpstream::start(Script::ok().chunks(5)).await.unwrap();
     let router = start("sdk", &config_for(&mock)).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_sdk.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_sdk.py");
     let base = format!("http://127.0.0.1:{}/v1", router.port);
     let output = tokio::process::Command::new(python)
         .arg(script)
@@ -146,6 +150,58 @@ async fn openai_python_sdk_against_the_binary() {
     for request in mock.requests() {
         assert_eq!(request.header("authorization"), Some("Bearer sk-provider"));
     }
+}
+
+async fn run_python(python: &str, script: &str, args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let output =
+        tokio::process::Command::new(python).arg(script).args(args).output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_sdk_against_anthropic_and_gemini_backends_with_tool_calls() {
+    let Some(python) = python_with_openai() else { return };
+    let weather = serde_json::json!({"city": "Paris"});
+    let claude_text = MockUpstream::start(Script::ok().anthropic()).await.unwrap();
+    let claude_tool =
+        MockUpstream::start(Script::ok().anthropic().tool_call("get_weather", weather.clone()))
+            .await
+            .unwrap();
+    let gemini_text = MockUpstream::start(Script::ok().gemini()).await.unwrap();
+    let gemini_tool =
+        MockUpstream::start(Script::ok().gemini().tool_call("get_weather", weather)).await.unwrap();
+    let config = format!(
+        "backends:\n\
+         - {{ name: claude-text, type: anthropic, url: \"{}\", api_key: k, models: [claude-text] }}\n\
+         - {{ name: claude-tool, type: anthropic, url: \"{}\", api_key: k, models: [claude-tool] }}\n\
+         - {{ name: gemini-text, type: gemini, url: \"{}\", api_key: k, models: [gemini-text] }}\n\
+         - {{ name: gemini-tool, type: gemini, url: \"{}\", api_key: k, models: [gemini-tool] }}\n",
+        claude_text.url(),
+        claude_tool.url(),
+        gemini_text.url(),
+        gemini_tool.url()
+    );
+    let router = start("providers", &config).await;
+    let base = format!("http://127.0.0.1:{}/v1", router.port);
+    run_python(python, "openai_tools.py", &[&base, "claude-text", "claude-tool"]).await;
+    run_python(python, "openai_tools.py", &[&base, "gemini-text", "gemini-tool"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anthropic_sdk_against_an_openai_compatible_backend() {
+    let Some(python) = python_with("anthropic") else { return };
+    let mock = MockUpstream::start(Script::ok().texts(["The capital of France ", "is Paris."]))
+        .await
+        .unwrap();
+    let router = start("anthropic-sdk", &config_for(&mock)).await;
+    let base = format!("http://127.0.0.1:{}", router.port);
+    run_python(python, "anthropic_sdk.py", &[&base, "mock-model", "Paris"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

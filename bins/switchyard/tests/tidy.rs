@@ -103,13 +103,11 @@ fn crates_depend_only_on_what_the_layering_allows() {
                 }
                 continue;
             }
-            if let Some(allowed) = allowed {
-                if !allowed.contains(&dep.as_str()) {
-                    violations.push(format!(
-                        "{} -> {dep} is not allowed by the layering rule",
-                        package.name
-                    ));
-                }
+            if let Some(allowed) = allowed
+                && !allowed.contains(&dep.as_str())
+            {
+                violations
+                    .push(format!("{} -> {dep} is not allowed by the layering rule", package.name));
             }
         }
     }
@@ -138,10 +136,10 @@ fn heavy_dependencies_stay_where_they_belong() {
             if kind == "dev" || package.name == "switchyard-examples" {
                 continue;
             }
-            if let Some(allowed) = rules.get(dep.as_str()) {
-                if !allowed.contains(&package.name.as_str()) {
-                    violations.push(format!("{} depends on {dep}", package.name));
-                }
+            if let Some(allowed) = rules.get(dep.as_str())
+                && !allowed.contains(&package.name.as_str())
+            {
+                violations.push(format!("{} depends on {dep}", package.name));
             }
         }
     }
@@ -174,6 +172,21 @@ fn every_member_uses_workspace_lints_and_documents_its_crate() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn only_the_inference_crate_allows_unsafe_code() {
+    let (root, packages) = workspace();
+    let mut hits = Vec::new();
+    for package in packages.iter().filter(|p| p.name != "switchyard-inference") {
+        let src = package.manifest.parent().unwrap().join("src");
+        scan(&src, &mut |path, text| {
+            if text.contains("allow(unsafe_code)") || text.contains("unsafe {") {
+                hits.push(path.strip_prefix(&root).unwrap_or(path).display().to_string());
+            }
+        });
+    }
+    assert!(hits.is_empty(), "unsafe code outside switchyard-inference:\n{}", hits.join("\n"));
 }
 
 #[test]

@@ -4,23 +4,20 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode, Uri};
-use http_body_util::Full;
+use http::{StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 use switchyard_core::openai::{Model, ModelList};
 use switchyard_core::{
     Backend, BackendError, BackendId, BackendRequest, BackendResponse, BoxFuture, Endpoint,
     ErrorCode, ResponseBody, rewrite_model,
 };
-use tokio::sync::Semaphore;
 
-use crate::client::{ClientFactory, ClientKey, HttpClient, HttpVersion};
+use crate::client::{ClientFactory, HttpVersion};
 use crate::error::{Error, Result};
-use crate::upstream::{Timeouts, exchange, relay_headers};
+use crate::remote::{Remote, RemoteSettings};
+use crate::upstream::{Timeouts, relay_headers};
 
 /// Settings of one OpenAI-compatible backend.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -50,16 +47,12 @@ pub struct OpenAiSettings {
 
 /// An OpenAI-compatible backend.
 pub struct OpenAiBackend {
-    id: BackendId,
-    client: HttpClient,
-    limit: Arc<Semaphore>,
+    remote: Remote,
     chat_uri: Uri,
     completions_uri: Uri,
     embeddings_uri: Uri,
     models_uri: Uri,
     probe_uri: Uri,
-    static_headers: HeaderMap,
-    timeouts: Timeouts,
 }
 
 impl Default for OpenAiSettings {
@@ -109,7 +102,8 @@ impl ApiBase {
             reason: reason.to_owned(),
         };
         let uri: Uri = url.parse().map_err(|_| invalid("not a url"))?;
-        let scheme = uri.scheme_str().ok_or_else(|| invalid("missing http:// or https://"))?;
+        let scheme =
+            uri.scheme_str().ok_or_else(|| invalid("missing scheme (http:// or https://)"))?;
         if scheme != "http" && scheme != "https" {
             return Err(invalid("scheme must be http or https"));
         }
@@ -177,57 +171,26 @@ impl OpenAiBackend {
             .as_ref()
             .filter(|key| !key.is_empty())
             .map(|key| (header::AUTHORIZATION, format!("Bearer {key}")));
-        let client = factory.client(ClientKey {
-            version: settings.http,
-            connect_timeout: settings.timeouts.connect,
-            ca_file: settings.ca_file.clone(),
-        })?;
+        let remote = Remote::new(
+            RemoteSettings {
+                name,
+                http: settings.http,
+                timeouts: settings.timeouts,
+                max_connections: settings.max_connections,
+                ca_file: settings.ca_file.as_ref(),
+                auth: auth.into_iter().collect(),
+                headers: &settings.headers,
+            },
+            factory,
+        )?;
         Ok(OpenAiBackend {
-            id: BackendId::new(name),
-            client,
-            limit: Arc::new(Semaphore::new(settings.max_connections.max(1))),
+            remote,
             chat_uri: base.uri(name, Endpoint::ChatCompletions.path())?,
             completions_uri: base.uri(name, Endpoint::Completions.path())?,
             embeddings_uri: base.uri(name, Endpoint::Embeddings.path())?,
             models_uri: base.uri(name, "/models")?,
             probe_uri,
-            static_headers: static_headers(name, auth, &settings.headers)?,
-            timeouts: settings.timeouts,
         })
-    }
-
-    fn request(
-        &self,
-        method: Method,
-        uri: Uri,
-        body: Bytes,
-        accept: &'static str,
-    ) -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = method;
-        *request.uri_mut() = uri;
-        let headers = request.headers_mut();
-        headers.reserve(self.static_headers.len() + 4);
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
-        for (name, value) in &self.static_headers {
-            headers.append(name, value.clone());
-        }
-        request
-    }
-
-    async fn get_json(&self, uri: Uri) -> Result<(StatusCode, Bytes), BackendError> {
-        let request = self.request(Method::GET, uri, Bytes::new(), "application/json");
-        let exchange = exchange(
-            &self.client,
-            &self.limit,
-            self.id.as_str(),
-            request,
-            self.timeouts.first_byte,
-        )
-        .await?;
-        let (parts, body) = exchange.collect(self.id.as_str(), self.timeouts.total).await?;
-        Ok((parts.status, body))
     }
 
     async fn send_request(&self, request: BackendRequest) -> Result<BackendResponse, BackendError> {
@@ -238,7 +201,11 @@ impl OpenAiBackend {
             _ => {
                 return Err(BackendError::new(
                     ErrorCode::Unsupported,
-                    format!("backend `{}` does not serve {}", self.id, request.endpoint.path()),
+                    format!(
+                        "backend `{}` does not serve {}",
+                        self.remote.id,
+                        request.endpoint.path()
+                    ),
                 ));
             }
         };
@@ -247,26 +214,18 @@ impl OpenAiBackend {
             None => request.body,
         };
         let stream = request.meta.stream;
-        let accept = if stream { "text/event-stream" } else { "application/json" };
-        let mut upstream = self.request(Method::POST, uri, body, accept);
-        for (name, value) in &request.headers {
-            upstream.headers_mut().append(name, value.clone());
-        }
-        let backend = self.id.as_str();
-        let exchange =
-            exchange(&self.client, &self.limit, backend, upstream, self.timeouts.first_byte)
-                .await?;
+        let upstream = self.remote.post(uri, body, stream, &request.headers);
+        let exchange = self.remote.exchange(upstream).await?;
         let status = exchange.parts.status;
         if stream && status.is_success() {
-            let (parts, body) =
-                exchange.into_stream(backend, self.timeouts.idle, self.timeouts.streaming_total);
+            let (parts, body) = self.remote.stream(exchange);
             Ok(BackendResponse {
                 status,
                 headers: relay_headers(parts.headers),
-                body: ResponseBody::Stream(body.boxed()),
+                body: ResponseBody::Stream(body),
             })
         } else {
-            let (parts, body) = exchange.collect(backend, self.timeouts.total).await?;
+            let (parts, body) = self.remote.collect(exchange).await?;
             Ok(BackendResponse {
                 status,
                 headers: relay_headers(parts.headers),
@@ -278,7 +237,7 @@ impl OpenAiBackend {
 
 impl Backend for OpenAiBackend {
     fn id(&self) -> &BackendId {
-        &self.id
+        &self.remote.id
     }
 
     fn send(
@@ -290,14 +249,14 @@ impl Backend for OpenAiBackend {
 
     fn models(&self) -> BoxFuture<'_, Result<Vec<Model>, BackendError>> {
         Box::pin(async move {
-            let (status, body) = self.get_json(self.models_uri.clone()).await?;
+            let (status, body) = self.remote.get_json(self.models_uri.clone()).await?;
             if !status.is_success() {
-                return Err(status_error(&self.id, status, "listing models"));
+                return Err(status_error(&self.remote.id, status, "listing models"));
             }
             let list: ModelList = serde_json::from_slice(&body).map_err(|_| {
                 BackendError::new(
                     ErrorCode::UpstreamInvalid,
-                    format!("backend `{}` answered an invalid model list", self.id),
+                    format!("backend `{}` answered an invalid model list", self.remote.id),
                 )
             })?;
             Ok(list.data)
@@ -306,11 +265,11 @@ impl Backend for OpenAiBackend {
 
     fn probe(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
-            let (status, _) = self.get_json(self.probe_uri.clone()).await?;
+            let (status, _) = self.remote.get_json(self.probe_uri.clone()).await?;
             if status.is_success() {
                 Ok(())
             } else {
-                Err(status_error(&self.id, status, "health probe"))
+                Err(status_error(&self.remote.id, status, "health probe"))
             }
         })
     }

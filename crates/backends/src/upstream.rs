@@ -89,14 +89,21 @@ pub(crate) async fn exchange(
 ) -> Result<Exchange, BackendError> {
     let started = Instant::now();
     let deadline = started + first_byte;
-    let permit = match tokio::time::timeout_at(deadline, limit.clone().acquire_owned()).await {
-        Ok(Ok(permit)) => Some(permit),
-        Ok(Err(_closed)) => None,
-        Err(_) => {
-            return Err(BackendError::new(
-                ErrorCode::UpstreamTimeout,
-                format!("backend `{backend}`: no free connection within {first_byte:?}"),
-            ));
+    // Fast path: a free slot, no timer. Otherwise wait for one within the deadline.
+    let permit = match limit.clone().try_acquire_owned() {
+        Ok(permit) => Some(permit),
+        Err(tokio::sync::TryAcquireError::Closed) => None,
+        Err(tokio::sync::TryAcquireError::NoPermits) => {
+            match tokio::time::timeout_at(deadline, limit.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => Some(permit),
+                Ok(Err(_closed)) => None,
+                Err(_) => {
+                    return Err(BackendError::new(
+                        ErrorCode::UpstreamTimeout,
+                        format!("backend `{backend}`: no free connection within {first_byte:?}"),
+                    ));
+                }
+            }
         }
     };
     let response = match tokio::time::timeout_at(deadline, client.inner.request(request)).await {

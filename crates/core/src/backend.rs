@@ -101,6 +101,15 @@ pub trait Backend: Send + Sync + 'static {
     fn supports(&self, endpoint: Endpoint) -> bool {
         !matches!(endpoint, Endpoint::AnthropicMessages)
     }
+
+    /// The exact number of prompt tokens an OpenAI chat request body would use, for
+    /// backends that tokenize themselves (the local model); `None` when this backend
+    /// cannot tell, and callers estimate. CPU-bound: call it off the async runtime for
+    /// large bodies.
+    fn count_tokens(&self, chat_body: &[u8]) -> Option<Result<u64, BackendError>> {
+        let _ = chat_body;
+        None
+    }
 }
 
 impl BackendId {

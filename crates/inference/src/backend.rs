@@ -293,6 +293,13 @@ impl Backend for LocalBackend {
     fn supports(&self, endpoint: Endpoint) -> bool {
         matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
     }
+
+    fn count_tokens(&self, chat_body: &[u8]) -> Option<std::result::Result<u64, BackendError>> {
+        let counted = serde_json::from_slice::<ChatCompletionRequest>(chat_body)
+            .map_err(|e| Error::InvalidRequest(format!("invalid chat completion request: {e}")))
+            .and_then(|request| LocalBackend::count_tokens(self, &request));
+        Some(counted.map(|n| n as u64).map_err(BackendError::from))
+    }
 }
 
 impl ChunkStream {

@@ -47,14 +47,16 @@
 //! # Ok::<(), switchyard_inference::Error>(())
 //! ```
 
-// Unsafe code is denied crate-wide and allowed in two functions, each with its reason at
-// the site: memory-mapping the model file (`gguf::map_file`) and copying GGUF tensor bytes
-// into candle's block structs (`quant::copy_bytes_into`).
+// Unsafe code is denied crate-wide and allowed where each use says why: memory-mapping the
+// model file (`gguf::map_file`), copying GGUF tensor bytes into candle's block structs
+// (`quant::copy_bytes_into`), and the SIMD kernels behind runtime CPU-feature detection
+// (`kernels`, each bit-identical to the candle kernel it replaces).
 
 mod backend;
 mod engine;
 mod error;
 mod gguf;
+mod kernels;
 mod model;
 mod paths;
 mod quant;

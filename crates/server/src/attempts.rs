@@ -35,18 +35,33 @@ pub(crate) struct Job {
     /// Headers passed upstream (request id, trace context).
     pub(crate) forward: HeaderMap,
     pub(crate) plan: Plan,
+    /// The same request for another endpoint, used with backends that do not serve
+    /// `endpoint` (an Anthropic Messages request translated to a chat completion).
+    pub(crate) alternate: Option<Alternate>,
+}
+
+/// A request in a second shape: its endpoint, body and routing fields.
+pub(crate) struct Alternate {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) body: Bytes,
+    pub(crate) meta: RequestMeta,
 }
 
 /// What answered: the response (its stream already tracked), the backend and model.
 pub(crate) struct Answer {
     pub(crate) response: BackendResponse,
     pub(crate) index: usize,
-    pub(crate) model: Arc<str>,
+    /// The model that answered, as a header value.
+    pub(crate) model: http::HeaderValue,
+    /// The model that answered (logs and metrics).
+    pub(crate) name: Arc<str>,
+    /// The endpoint the backend was asked (the job's own, or its alternate's).
+    pub(crate) endpoint: Endpoint,
 }
 
 /// The last failure seen while trying candidates.
 enum Failure {
-    Response(BackendResponse, usize),
+    Response(BackendResponse, usize, Endpoint),
     Error(ApiError),
 }
 
@@ -84,7 +99,18 @@ impl Job {
     }
 
     async fn attempt(self, waited: &mut std::time::Duration) -> Result<Answer, ApiError> {
-        let Job { state, endpoint, body, meta, key, forward, plan } = self;
+        let Job { state, endpoint, body, meta, key, forward, plan, alternate } = self;
+        // Which shape of the request `backend` takes, if any.
+        let shape = |backend: &dyn switchyard_core::Backend| {
+            if backend.supports(endpoint) {
+                Some((endpoint, &body, &meta))
+            } else {
+                alternate
+                    .as_ref()
+                    .filter(|alt| backend.supports(alt.endpoint))
+                    .map(|alt| (alt.endpoint, &alt.body, &alt.meta))
+            }
+        };
         state.budget.deposit();
         let max_attempts = state.settings.retry.max_retries as usize + 1;
         let mut attempts = 0;
@@ -101,7 +127,7 @@ impl Job {
                 // The strategy's order, filtered by what this request may use now.
                 let pick = route.selector.select_with(&key, |i, candidate| {
                     if tried.contains(i)
-                        || !state.spec.backends[route.candidates[i]].backend.supports(endpoint)
+                        || shape(&*state.spec.backends[route.candidates[i]].backend).is_none()
                     {
                         return false;
                     }
@@ -113,6 +139,7 @@ impl Job {
                 let index = route.candidates[i];
                 let backend = &state.spec.backends[index].backend;
                 let id = backend.id();
+                let Some((asked, request_body, request_meta)) = shape(&**backend) else { continue };
                 if let Err(refused) = state.limits.check_backend(index).await {
                     crate::metrics::metrics().rate_limited(refused.scope);
                     let wait = limited.map_or(refused.retry_after, |w| w.min(refused.retry_after));
@@ -133,9 +160,9 @@ impl Job {
                 attempts += 1;
                 let mut stats = route.selector.start(i);
                 let request = BackendRequest {
-                    endpoint,
-                    body: body.clone(),
-                    meta: meta.clone(),
+                    endpoint: asked,
+                    body: request_body.clone(),
+                    meta: request_meta.clone(),
                     upstream_model: step.upstream_model.clone(),
                     headers: forward.clone(),
                 };
@@ -147,8 +174,16 @@ impl Job {
                     Err(error) => {
                         metrics.failed.increment(1);
                         metrics.duration.record(started.elapsed().as_secs_f64());
-                        admission.record(Outcome::from_error(&error), started.elapsed());
-                        stats.failure();
+                        if error.code == ErrorCode::Overloaded {
+                            // A full queue (the local model's scheduler) says nothing
+                            // about health: the next request may well fit. Drop the
+                            // admission without a verdict and try another candidate.
+                            drop(admission);
+                            drop(stats);
+                        } else {
+                            admission.record(Outcome::from_error(&error), started.elapsed());
+                            stats.failure();
+                        }
                         tracing::debug!(backend = %id, code = %error.code, "attempt failed");
                         if !error.retryable() {
                             return Err(error.into());
@@ -167,7 +202,7 @@ impl Job {
                     admission.record(Outcome::from_status(response.status.as_u16(), wait), head);
                     stats.failure();
                     tracing::debug!(backend = %id, status = response.status.as_u16(), "attempt failed");
-                    last = Some(Failure::Response(response, index));
+                    last = Some(Failure::Response(response, index, asked));
                     continue;
                 }
                 let response = match response.body {
@@ -219,13 +254,23 @@ impl Job {
                         }
                     },
                 };
-                return Ok(Answer { response, index, model: route.model.clone() });
+                return Ok(Answer {
+                    response,
+                    index,
+                    model: route.model_header.clone(),
+                    name: route.model.clone(),
+                    endpoint: asked,
+                });
             }
         }
         match last {
-            Some(Failure::Response(response, index)) => {
-                Ok(Answer { response, index, model: plan.steps[0].route.model.clone() })
-            }
+            Some(Failure::Response(response, index, endpoint)) => Ok(Answer {
+                response,
+                index,
+                model: plan.steps[0].route.model_header.clone(),
+                name: plan.steps[0].route.model.clone(),
+                endpoint,
+            }),
             Some(Failure::Error(error)) => Err(error),
             None if limited.is_some() => {
                 let mut error = ApiError::new(

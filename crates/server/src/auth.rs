@@ -122,7 +122,12 @@ impl Auth {
             .map(|k| Box::<[u8]>::from(k.expose().as_bytes()));
         let metrics = (metrics.enabled).then(|| BasicAuth {
             username: metrics.username.as_bytes().into(),
-            password: metrics.password.as_ref().map(|p| p.expose().as_bytes()).unwrap_or(b"").into(),
+            password: metrics
+                .password
+                .as_ref()
+                .map(|p| p.expose().as_bytes())
+                .unwrap_or(b"")
+                .into(),
         });
         Ok(Auth { required, keys, index, hasher, admin, metrics })
     }
@@ -366,7 +371,8 @@ mod tests {
         let missing = auth.client(&HeaderMap::new()).unwrap_err();
         assert_eq!(missing.reason, AuthFailure::Missing);
         assert_eq!(missing.error.code, ErrorCode::Unauthorized);
-        let wrong = auth.client(&headers(&[("authorization", "Bearer sk-canary-xyz")])).unwrap_err();
+        let wrong =
+            auth.client(&headers(&[("authorization", "Bearer sk-canary-xyz")])).unwrap_err();
         assert_eq!(wrong.reason, AuthFailure::Invalid);
         assert!(!wrong.error.message.contains("canary"));
         let prefix = auth.client(&headers(&[("x-api-key", "sk-alice")])).unwrap_err();

@@ -51,6 +51,19 @@ pub(crate) struct Relay {
 struct SseState {
     boundary: SseBoundary,
     pending: BytesMut,
+    /// End failures with Anthropic's `event: error` instead of OpenAI's error data.
+    anthropic: bool,
+}
+
+/// What a relayed body is, which decides how a mid-stream failure is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// Not server-sent events: a failure aborts the body.
+    Raw,
+    /// OpenAI's stream: a failure ends it with `data: {"error": ...}` and no `[DONE]`.
+    OpenAiEvents,
+    /// Anthropic's stream: a failure ends it with `event: error` and no `message_stop`.
+    AnthropicEvents,
 }
 
 impl Body {
@@ -60,8 +73,15 @@ impl Body {
     }
 
     /// Relay `stream`; `sse` enables event framing and the error-event contract.
-    pub(crate) fn relay(stream: BodyStream, sse: bool, on_finish: Option<OnFinish>) -> Self {
-        let sse = sse.then(|| SseState { boundary: SseBoundary::new(), pending: BytesMut::new() });
+    pub(crate) fn relay(stream: BodyStream, framing: Framing, on_finish: Option<OnFinish>) -> Self {
+        let sse = match framing {
+            Framing::Raw => None,
+            Framing::OpenAiEvents | Framing::AnthropicEvents => Some(SseState {
+                boundary: SseBoundary::new(),
+                pending: BytesMut::new(),
+                anthropic: framing == Framing::AnthropicEvents,
+            }),
+        };
         Body {
             kind: Kind::Relay(Box::new(Relay { stream, sse, done: false, bytes: 0, on_finish })),
         }
@@ -113,7 +133,12 @@ impl Relay {
                     };
                     // The partial event is dropped; the client gets one whole error event.
                     sse.pending.clear();
-                    return Poll::Ready(Some(Ok(Frame::data(error_event(&error)))));
+                    let event = if sse.anthropic {
+                        switchyard_backends::messages_error_event(&error)
+                    } else {
+                        error_event(&error)
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(event))));
                 }
                 Poll::Ready(None) => {
                     self.finish(RelayOutcome::Completed);
@@ -197,7 +222,7 @@ mod tests {
     async fn relays_whole_events_and_reassembles_split_ones() {
         let stream =
             stream_of(vec![Ok(b"data: a\n\ndata: "), Ok(b"b\n"), Ok(b"\ndata: [DONE]\n\n")]);
-        let mut body = Body::relay(stream, true, None);
+        let mut body = Body::relay(stream, Framing::OpenAiEvents, None);
         let mut frames = Vec::new();
         while let Some(frame) = body.frame().await {
             frames.push(frame.unwrap().into_data().unwrap());
@@ -217,7 +242,7 @@ mod tests {
             )),
         ]);
         let on_finish: OnFinish = Box::new(move |o, bytes| *seen.lock() = Some((o, bytes)));
-        let bytes = collect(Body::relay(stream, true, Some(on_finish))).await;
+        let bytes = collect(Body::relay(stream, Framing::OpenAiEvents, Some(on_finish))).await;
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.starts_with("data: {\"n\":1}\n\ndata: {\"error\":{"), "{text}");
         assert!(text.ends_with("}}\n\n"));
@@ -238,7 +263,7 @@ mod tests {
             counted.fetch_add(1, Ordering::SeqCst);
         });
         let stream: BodyStream = Box::pin(futures_util::stream::pending());
-        drop(Body::relay(stream, true, Some(on_finish)));
+        drop(Body::relay(stream, Framing::OpenAiEvents, Some(on_finish)));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
@@ -248,7 +273,7 @@ mod tests {
             Ok(b"{\"partial\""),
             Err(BackendError::new(ErrorCode::UpstreamTimeout, "t")),
         ]);
-        let err = Body::relay(stream, false, None).collect().await.err().unwrap();
+        let err = Body::relay(stream, Framing::Raw, None).collect().await.err().unwrap();
         assert_eq!(err.code, ErrorCode::UpstreamTimeout);
     }
 }

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use switchyard_backends::{
-    ClientFactory, ClientSettings, HttpVersion, OpenAiBackend, OpenAiSettings, Timeouts,
+    AnthropicBackend, AnthropicSettings, ClientFactory, ClientSettings, GeminiBackend,
+    GeminiSettings, HttpVersion, OpenAiBackend, OpenAiSettings, Timeouts,
 };
 use switchyard_cache::{
     CacheSettings, DedupMode, DedupSettings, RedisSettings, ResponseCacheSettings,
@@ -16,6 +17,7 @@ use switchyard_health::{
     BackoffSettings, BreakerSettings, CheckOverride, CheckSettings, HealthSettings,
     RetryBudgetSettings, RetrySettings,
 };
+use switchyard_inference::{InferenceSettings, LocalBackend};
 use switchyard_strategy::{
     ConsistentHashSettings, LeastLatencySettings, StrategyKind, StrategySettings,
 };
@@ -280,15 +282,83 @@ fn build_backend(
             };
             Ok(Arc::new(OpenAiBackend::new(&settings, factory)?))
         }
-        BackendType::Local => Err(Error::Config(format!(
-            "backend `{}`: the embedded model is not available in this build",
-            backend.name
-        ))),
+        BackendType::Anthropic => {
+            let settings = AnthropicSettings {
+                name: backend.name.clone(),
+                url: backend.url.clone().unwrap_or_default(),
+                api_key: backend.api_key.as_ref().map(|key| key.expose().to_owned()),
+                anthropic_version: backend.anthropic_version.clone(),
+                headers: headers(backend),
+                http: http_version(backend.http2),
+                timeouts,
+                max_connections: backend.effective_max_connections(&config.server),
+                health_path: backend.health_check.path.clone(),
+                ca_file: backend.ca_file.clone(),
+                ..AnthropicSettings::default()
+            };
+            Ok(Arc::new(AnthropicBackend::new(&settings, factory)?))
+        }
+        BackendType::Gemini => {
+            let settings = GeminiSettings {
+                name: backend.name.clone(),
+                url: backend.url.clone().unwrap_or_default(),
+                api_key: backend.api_key.as_ref().map(|key| key.expose().to_owned()),
+                headers: headers(backend),
+                http: http_version(backend.http2),
+                timeouts,
+                max_connections: backend.effective_max_connections(&config.server),
+                health_path: backend.health_check.path.clone(),
+                ca_file: backend.ca_file.clone(),
+            };
+            Ok(Arc::new(GeminiBackend::new(&settings, factory)?))
+        }
+        BackendType::Local => Ok(Arc::new(local_backend(config, &backend.name)?)),
         other => Err(Error::Config(format!(
-            "backend `{}`: type `{other}` is not supported yet",
+            "backend `{}`: type `{other}` is not supported",
             backend.name
         ))),
     }
+}
+
+fn headers(backend: &BackendConfig) -> Vec<(String, String)> {
+    backend.headers.iter().map(|(k, v)| (k.clone(), v.expose().to_owned())).collect()
+}
+
+/// The embedded model's settings (`inference.*`), with the default model path filled in.
+pub(crate) fn inference_settings(config: &Config) -> InferenceSettings {
+    let inference = &config.inference;
+    InferenceSettings {
+        model_path: Some(
+            inference.model_path.clone().unwrap_or_else(switchyard_inference::default_model_path),
+        ),
+        model_id: inference.model_id.clone(),
+        threads: inference.threads,
+        batch_size: inference.batch_size,
+        context_size: inference.context_size,
+        max_concurrent: inference.max_concurrent,
+        max_queue: inference.max_queue,
+        ..InferenceSettings::default()
+    }
+}
+
+/// Load the embedded model (blocking: run it off the async runtime). A missing model
+/// file is an error that says exactly how to get it.
+fn local_backend(config: &Config, name: &str) -> Result<LocalBackend> {
+    let settings = inference_settings(config);
+    let path = settings.model_path.clone().unwrap_or_default();
+    if !path.exists() {
+        return Err(Error::Model(format!(
+            "the embedded model is missing: {} does not exist. Fetch the default model with \
+             `{}` (or point --model / inference.model_path at any GGUF file)",
+            path.display(),
+            switchyard_inference::FETCH_COMMAND
+        )));
+    }
+    let started = std::time::Instant::now();
+    let backend = LocalBackend::load(name, &settings)
+        .map_err(|e| Error::Model(format!("cannot load {}: {e}", path.display())))?;
+    tracing::info!(model = backend.model_id(), path = %path.display(), load_ms = started.elapsed().as_millis() as u64, "embedded model loaded");
+    Ok(backend)
 }
 
 fn http_version(mode: Http2Mode) -> HttpVersion {

@@ -40,6 +40,7 @@ mod body;
 mod convert;
 mod error;
 mod gate;
+mod messages;
 pub mod metrics;
 mod observe;
 mod proxy;
@@ -48,6 +49,7 @@ mod reload;
 mod routes;
 mod server;
 mod service;
+mod simple;
 mod state;
 mod tls;
 

@@ -91,7 +91,11 @@ pub const MAX_MODEL_LABELS: usize = 64;
 /// Describe every metric the router emits (this crate's and the libraries' it composes)
 /// to the installed recorder. Call once, right after installing it.
 pub fn describe() {
-    describe_counter!(HTTP_REQUESTS_TOTAL, Unit::Count, "requests answered, by method, path and status");
+    describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        Unit::Count,
+        "requests answered, by method, path and status"
+    );
     describe_histogram!(
         HTTP_REQUEST_DURATION_SECONDS,
         Unit::Seconds,
@@ -102,7 +106,11 @@ pub fn describe() {
         Unit::Seconds,
         "upstream attempt duration to the end of its response, by backend"
     );
-    describe_counter!(BACKEND_REQUESTS_TOTAL, Unit::Count, "upstream attempts by backend and result");
+    describe_counter!(
+        BACKEND_REQUESTS_TOTAL,
+        Unit::Count,
+        "upstream attempts by backend and result"
+    );
     describe_gauge!(ACTIVE_CONNECTIONS, Unit::Count, "client connections open");
     describe_histogram!(
         ROUTER_OVERHEAD_SECONDS,
@@ -114,10 +122,18 @@ pub fn describe() {
         Unit::Seconds,
         "time from a streaming request's arrival to its first event, by model"
     );
-    describe_counter!(TOKENS_TOTAL, Unit::Count, "tokens reported in answers' usage, by model and kind");
+    describe_counter!(
+        TOKENS_TOTAL,
+        Unit::Count,
+        "tokens reported in answers' usage, by model and kind"
+    );
     describe_counter!(STREAMS_TOTAL, Unit::Count, "streamed responses by outcome");
     describe_counter!(AUTH_FAILURES_TOTAL, Unit::Count, "refused credentials by scope and reason");
-    describe_counter!(RATE_LIMITED_TOTAL, Unit::Count, "requests refused by a rate limit, by scope");
+    describe_counter!(
+        RATE_LIMITED_TOTAL,
+        Unit::Count,
+        "requests refused by a rate limit, by scope"
+    );
     describe_counter!(
         RATE_LIMIT_REDIS_ERRORS_TOTAL,
         Unit::Count,
@@ -130,7 +146,11 @@ pub fn describe() {
         Unit::Seconds,
         "unix time of the last successful configuration load"
     );
-    describe_gauge!(CONFIG_RESTART_REQUIRED, Unit::Count, "changed configuration keys waiting for a restart");
+    describe_gauge!(
+        CONFIG_RESTART_REQUIRED,
+        Unit::Count,
+        "changed configuration keys waiting for a restart"
+    );
     describe_gauge!(PROCESS_RESIDENT_MEMORY_BYTES, Unit::Bytes, "resident memory size");
     describe_gauge!(PROCESS_VIRTUAL_MEMORY_BYTES, Unit::Bytes, "virtual memory size");
     describe_gauge!(PROCESS_CPU_SECONDS_TOTAL, Unit::Seconds, "user and system CPU time");
@@ -330,9 +350,9 @@ impl Metrics {
             active_connections: gauge!(ACTIVE_CONNECTIONS),
             streams: ["completed", "failed", "client_gone"]
                 .map(|outcome| counter!(STREAMS_TOTAL, "outcome" => outcome)),
-            auth_failures: std::array::from_fn(|i| {
-                counter!(AUTH_FAILURES_TOTAL, "scope" => scopes[i / 3], "reason" => reasons[i % 3])
-            }),
+            auth_failures: std::array::from_fn(
+                |i| counter!(AUTH_FAILURES_TOTAL, "scope" => scopes[i / 3], "reason" => reasons[i % 3]),
+            ),
             rate_limited: ["key", "ip", "backend", "global"]
                 .map(|scope| counter!(RATE_LIMITED_TOTAL, "scope" => scope)),
             rate_limit_redis_errors: counter!(RATE_LIMIT_REDIS_ERRORS_TOTAL),
@@ -385,7 +405,6 @@ impl Metrics {
     pub(crate) fn model(&self, model: &str) -> Arc<ModelMetrics> {
         self.models.get(model)
     }
-
 }
 
 /// The handles of the request path, registered on first use against the recorder

@@ -203,7 +203,8 @@ impl Record {
     }
 
     fn log(&self, outcome: StreamOutcome, elapsed: Duration) {
-        let quiet = matches!(self.route.label(), "/health" | "/api/health") || self.route == Route::METRICS;
+        let quiet =
+            matches!(self.route.label(), "/health" | "/api/health") || self.route == Route::METRICS;
         let enabled = if quiet {
             tracing::enabled!(target: "switchyard::access", tracing::Level::DEBUG)
         } else {
@@ -322,7 +323,8 @@ mod tests {
 
     #[test]
     fn usage_numbers_are_read_from_openai_and_anthropic_shapes() {
-        let openai = br#"{"usage": {"prompt_tokens": 12, "completion_tokens":7,"total_tokens":19}}"#;
+        let openai =
+            br#"{"usage": {"prompt_tokens": 12, "completion_tokens":7,"total_tokens":19}}"#;
         assert_eq!(number_after(openai, b"\"prompt_tokens\""), Some(12));
         assert_eq!(number_after(openai, b"\"completion_tokens\""), Some(7));
         let anthropic = br#"{"usage":{"input_tokens":3,"output_tokens": 41}}"#;

@@ -20,7 +20,7 @@ use switchyard_core::{BackendResponse, Endpoint, ErrorCode, RequestMeta, Respons
 use switchyard_strategy::RequestKey;
 
 use crate::attempts::{Answer, Job, status_error};
-use crate::body::Body;
+use crate::body::{Body, Framing};
 use crate::error::ApiError;
 use crate::observe::RequestCtx;
 use crate::state::AppState;
@@ -52,22 +52,22 @@ pub(crate) async fn proxy(
     crate::gate::model(&state, ctx, &meta.model)?;
     let plan = state.table().plan(&state.spec, &meta.model)?;
     ctx.model = Some(plan.steps[0].route.model.clone());
-    let session = parts
-        .headers
-        .get(state.settings.routing.consistent_hash.header.as_str())
-        .and_then(|v| v.to_str().ok());
-    let key = RequestKey::from_meta(session, &meta);
-
-    let mut forward = HeaderMap::with_capacity(2);
-    forward.insert(REQUEST_ID, ctx.request_id.clone());
-    if let Some(trace) = parts.headers.get(TRACEPARENT) {
-        forward.insert(TRACEPARENT, trace.clone());
-    }
-    // The client key's name: cached answers never cross keys. Anonymous clients (auth
-    // off) share one tenant.
+    let (key, forward) =
+        routing_context(&state, &parts.headers, &meta, ctx.request_id.clone(), &[]);
+    // The authenticated key's name (unique among keys): cached answers never cross
+    // keys. Anonymous clients (auth off) share one tenant.
     let tenant = state.auth.tenant(ctx.caller);
     let cache_plan = state.caches.plan(tenant, endpoint, &meta, &parts.headers, &bytes);
-    let job = Job { state: state.clone(), endpoint, body: bytes, meta, key, forward, plan };
+    let job = Job {
+        state: state.clone(),
+        endpoint,
+        body: bytes,
+        meta,
+        key,
+        forward,
+        plan,
+        alternate: None,
+    };
     match cache_plan {
         CachePlan::Bypass => {
             let (answer, waited) = job.run_timed().await;
@@ -75,7 +75,7 @@ pub(crate) async fn proxy(
             let answer = answer?;
             ctx.proxied = true;
             ctx.backend = Some(answer.index);
-            ctx.model = Some(answer.model.clone());
+            ctx.model = Some(answer.name.clone());
             Ok(respond(answer, &state))
         }
         CachePlan::Share(share) => {
@@ -86,6 +86,30 @@ pub(crate) async fn proxy(
             response
         }
     }
+}
+
+/// What a request carries besides its body: the strategy's key (the session header,
+/// the `user` field or the prompt prefix) and the headers passed upstream (request id,
+/// trace context, and `extra` when the client sent them).
+pub(crate) fn routing_context(
+    state: &AppState,
+    headers: &HeaderMap,
+    meta: &RequestMeta,
+    request_id: HeaderValue,
+    extra: &[HeaderName],
+) -> (RequestKey, HeaderMap) {
+    let session = headers
+        .get(state.settings.routing.consistent_hash.header.as_str())
+        .and_then(|v| v.to_str().ok());
+    let key = RequestKey::from_meta(session, meta);
+    let mut forward = HeaderMap::with_capacity(2 + extra.len());
+    forward.insert(REQUEST_ID, request_id);
+    for name in std::iter::once(&TRACEPARENT).chain(extra) {
+        if let Some(value) = headers.get(name) {
+            forward.insert(name.clone(), value.clone());
+        }
+    }
+    (key, forward)
 }
 
 /// Share one upstream call among identical requests: the first runs the job on a task
@@ -113,7 +137,7 @@ async fn shared(state: &AppState, share: SharePlan, job: Job) -> Result<Response
     };
     let body = match subscription.into_body().await? {
         ResponseBody::Full(bytes) => Body::full(bytes),
-        ResponseBody::Stream(stream) => Body::relay(stream, true, None),
+        ResponseBody::Stream(stream) => Body::relay(stream, Framing::OpenAiEvents, None),
     };
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -128,8 +152,7 @@ async fn shared(state: &AppState, share: SharePlan, job: Job) -> Result<Response
 }
 
 fn respond(answer: Answer, state: &AppState) -> Response<Body> {
-    let Answer { response, index, model } = answer;
-    let spec = &state.spec.backends[index];
+    let Answer { response, index, model, .. } = answer;
     let body = match response.body {
         ResponseBody::Full(bytes) => Body::full(bytes),
         ResponseBody::Stream(stream) => {
@@ -137,31 +160,39 @@ fn respond(answer: Answer, state: &AppState) -> Response<Body> {
                 .headers
                 .get(header::CONTENT_TYPE)
                 .is_none_or(|v| v.as_bytes().starts_with(b"text/event-stream"));
-            Body::relay(stream, sse, None)
+            Body::relay(stream, if sse { Framing::OpenAiEvents } else { Framing::Raw }, None)
         }
     };
     let mut out = Response::new(body);
     *out.status_mut() = response.status;
     *out.headers_mut() = response.headers;
-    let headers = out.headers_mut();
-    if let Ok(name) = HeaderValue::from_str(spec.backend.id().as_str()) {
-        headers.insert(BACKEND_HEADER, name);
-    }
-    if let Ok(model) = HeaderValue::from_str(&model) {
-        headers.insert(MODEL_HEADER, model);
-    }
-    if response.status.is_success() && !headers.contains_key(header::CACHE_CONTROL) {
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    label(out.headers_mut(), state, index, model);
+    if response.status.is_success() && !out.headers().contains_key(header::CACHE_CONTROL) {
+        out.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     out
 }
 
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+/// Name the backend and the model that answered (header values built once).
+pub(crate) fn label(headers: &mut HeaderMap, state: &AppState, index: usize, model: HeaderValue) {
+    headers.insert(BACKEND_HEADER, state.backend_headers[index].clone());
+    headers.insert(MODEL_HEADER, model);
+}
+
+/// Bodies are parsed as JSON whatever they are labelled, so `curl -d '{...}'` (sent as
+/// a form) works; only types that cannot hold a JSON document are refused.
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     match headers.get(header::CONTENT_TYPE) {
         None => Ok(()),
         Some(value) => {
             let value = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
-            if value.starts_with("application/json") || value.is_empty() {
+            let essence = value.split(';').next().unwrap_or("").trim();
+            let acceptable = essence.is_empty()
+                || essence == "application/json"
+                || essence.ends_with("+json")
+                || essence == "text/plain"
+                || essence == "application/x-www-form-urlencoded";
+            if acceptable {
                 Ok(())
             } else {
                 Err(ApiError::new(
@@ -222,7 +253,15 @@ mod tests {
             HeaderValue::from_static("application/json; charset=utf-8"),
         );
         assert!(check_content_type(&headers).is_ok());
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        assert!(check_content_type(&headers).is_ok(), "curl -d must work");
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("multipart/form-data; boundary=x"),
+        );
         let err = check_content_type(&headers).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnsupportedMediaType);
     }

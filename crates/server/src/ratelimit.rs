@@ -177,7 +177,12 @@ impl RateLimiter {
 
     /// Whether this limiter can be kept for a reloaded configuration (same rules, same
     /// keys and backends), so its buckets carry on.
-    pub(crate) fn same_as(&self, settings: &RateLimitConfig, keys: usize, backends: &[Arc<str>]) -> bool {
+    pub(crate) fn same_as(
+        &self,
+        settings: &RateLimitConfig,
+        keys: usize,
+        backends: &[Arc<str>],
+    ) -> bool {
         self.settings == *settings
             && self.per_key.as_ref().is_none_or(|k| k.keys.len() == keys)
             && self.backends == backends
@@ -256,9 +261,14 @@ impl RateLimiter {
     }
 
     /// Take from each bucket in turn; if one refuses, give back what was taken.
-    fn take_local(&self, buckets: &[Option<(LimitScope, Rule, Bucket<'_>)>]) -> Result<(), Limited> {
+    fn take_local(
+        &self,
+        buckets: &[Option<(LimitScope, Rule, Bucket<'_>)>],
+    ) -> Result<(), Limited> {
         let now = self.now();
-        for (i, (scope, rule, bucket)) in buckets.iter().enumerate().filter_map(|(i, b)| Some((i, (*b)?))) {
+        for (i, (scope, rule, bucket)) in
+            buckets.iter().enumerate().filter_map(|(i, b)| Some((i, (*b)?)))
+        {
             let taken = match bucket {
                 Bucket::Atomic(gcra) => gcra.take(now, &rule),
                 Bucket::Ip(ips, ip) => ips.take(&ip, now, &rule),
@@ -350,8 +360,9 @@ impl RedisLimiter {
         let client = redis::Client::open(url).map_err(|e| {
             crate::Error::Config(format!("rate_limit.redis.url is not usable ({:?})", e.kind()))
         })?;
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| crate::Error::Config("rate limits with redis need a tokio runtime".into()))?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            crate::Error::Config("rate limits with redis need a tokio runtime".into())
+        })?;
         let inner = Arc::new(RedisInner { conn: OnceLock::new(), sha: OnceLock::new() });
         runtime.spawn(connect(Arc::downgrade(&inner), client, timeout));
         Ok(RedisLimiter { inner, prefix: prefix.to_owned(), timeout })
@@ -511,7 +522,10 @@ mod tests {
         assert!(limits.check_client(&alice).await.is_ok());
         let refused = limits.check_client(&alice).await.unwrap_err();
         assert_eq!(refused.scope, LimitScope::Key);
-        assert!(refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_millis(100));
+        assert!(
+            refused.retry_after > Duration::ZERO
+                && refused.retry_after <= Duration::from_millis(100)
+        );
         // Alice's refusal took nothing from the global bucket: bob gets the third token.
         assert!(limits.check_client(&bob).await.is_ok());
         let refused = limits.check_client(&bob).await.unwrap_err();
@@ -539,7 +553,11 @@ mod tests {
 
     #[tokio::test]
     async fn disabled_limits_admit_everything() {
-        let settings = RateLimitConfig { enabled: false, global: rule(1, Some(1)), ..RateLimitConfig::default() };
+        let settings = RateLimitConfig {
+            enabled: false,
+            global: rule(1, Some(1)),
+            ..RateLimitConfig::default()
+        };
         let limits = limiter(settings);
         let subject = Subject { key: None, ip: "10.0.0.1".parse().unwrap() };
         for _ in 0..10 {
@@ -575,7 +593,8 @@ mod tests {
         assert_eq!(client_ip(proxy, &headers, &trusted), "10.0.0.9".parse::<IpAddr>().unwrap());
         let mapped: IpAddr = "::ffff:10.1.1.1".parse().unwrap();
         headers.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        let limits = limiter(RateLimitConfig { trusted_proxies: trusted, ..RateLimitConfig::default() });
+        let limits =
+            limiter(RateLimitConfig { trusted_proxies: trusted, ..RateLimitConfig::default() });
         assert_eq!(limits.client_ip(mapped, &headers), "1.2.3.4".parse::<IpAddr>().unwrap());
     }
 }

@@ -66,7 +66,7 @@ pub(crate) struct Live {
 struct Reload {
     /// `None`: the configuration is shown but never reloaded.
     loader: Option<ConfigLoader>,
-    factory: ClientFactory,
+    factory: Arc<ClientFactory>,
     /// The effective configuration: the file's, with restart-only keys at their
     /// running values.
     config: ArcSwap<Config>,
@@ -126,7 +126,8 @@ impl ConfigLoader {
     /// discovered file stays the one read).
     pub fn from_overrides(overrides: Overrides, source: &ConfigSource) -> Self {
         let file = source.path().map(Path::to_path_buf);
-        let overrides = Overrides { config_path: file.clone().or(overrides.config_path.clone()), ..overrides };
+        let overrides =
+            Overrides { config_path: file.clone().or(overrides.config_path.clone()), ..overrides };
         ConfigLoader::new(file, move || Config::load(&overrides).map(|(config, _)| config))
     }
 }
@@ -150,8 +151,7 @@ impl Live {
         loader: Option<ConfigLoader>,
         factory: ClientFactory,
     ) -> Live {
-        let mut files: Vec<PathBuf> =
-            loader.iter().flat_map(|l| l.file.iter()).cloned().collect();
+        let mut files: Vec<PathBuf> = loader.iter().flat_map(|l| l.file.iter()).cloned().collect();
         files.extend(config.auth.api_keys_file.iter().cloned());
         let status = ReloadStatus {
             generation: 1,
@@ -165,7 +165,7 @@ impl Live {
         gauge!(CONFIG_RESTART_REQUIRED).set(0.0);
         let reload = Reload {
             loader,
-            factory,
+            factory: Arc::new(factory),
             config: ArcSwap::from_pointee(config),
             lock: tokio::sync::Mutex::new(()),
             status: Mutex::new(status),
@@ -267,17 +267,35 @@ impl Live {
 
     /// Build, probe and swap in the state `config` describes. `Ok(false)`: nothing
     /// changed.
-    async fn apply(&self, reload: &Reload, running: &Config, config: Config) -> crate::Result<bool> {
+    async fn apply(
+        &self,
+        reload: &Reload,
+        running: &Config,
+        config: Config,
+    ) -> crate::Result<bool> {
         let key_config = config.clone();
-        let settings = tokio::task::spawn_blocking(move || crate::convert::load_settings(&key_config))
-            .await
-            .map_err(|_| crate::Error::Config("reading auth.api_keys_file panicked".into()))??;
+        let settings =
+            tokio::task::spawn_blocking(move || crate::convert::load_settings(&key_config))
+                .await
+                .map_err(|_| {
+                    crate::Error::Config("reading auth.api_keys_file panicked".into())
+                })??;
         let current = self.state();
         if config == *running && settings == current.settings {
             return Ok(false);
         }
-        let spec =
-            crate::convert::router_spec_reusing(&config, &reload.factory, Some((running, &current.spec)))?;
+        // Building a changed local backend loads a model: blocking work.
+        let (spec_config, factory, old_config, old) =
+            (config.clone(), reload.factory.clone(), running.clone(), current.clone());
+        let spec = tokio::task::spawn_blocking(move || {
+            crate::convert::router_spec_reusing(
+                &spec_config,
+                &factory,
+                Some((&old_config, &old.spec)),
+            )
+        })
+        .await
+        .map_err(|_| crate::Error::Config("building the backends panicked".into()))??;
         let next = current.next(settings, spec)?;
         let backends = next.spec.backends.iter().map(|b| b.backend.clone());
         let checker = HealthChecker::spawn(&next.health, backends)
@@ -320,7 +338,11 @@ impl Live {
         gauge!(CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS).set(now as f64);
         gauge!(CONFIG_RESTART_REQUIRED).set(pending.len() as f64);
         if changed {
-            tracing::info!(generation = status.generation, trigger = trigger.as_str(), "configuration reloaded");
+            tracing::info!(
+                generation = status.generation,
+                trigger = trigger.as_str(),
+                "configuration reloaded"
+            );
         }
         if !pending.is_empty() {
             tracing::warn!(
@@ -331,7 +353,13 @@ impl Live {
         Outcome { result, generation: status.generation, restart_required: pending }
     }
 
-    fn failed(&self, reload: &Reload, trigger: Trigger, print: Option<u64>, error: String) -> ApiError {
+    fn failed(
+        &self,
+        reload: &Reload,
+        trigger: Trigger,
+        print: Option<u64>,
+        error: String,
+    ) -> ApiError {
         let error = self.scrub(error);
         let mut status = reload.status.lock();
         status.attempts += 1;
@@ -484,7 +512,9 @@ pub(crate) async fn watch_files(live: Weak<Live>) {
             }
             match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
                 Ok(()) => watching.push(dir),
-                Err(error) => tracing::warn!(dir = %dir.display(), %error, "cannot watch directory"),
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), %error, "cannot watch directory")
+                }
             }
         }
         if rx.recv().await.is_none() {
@@ -556,7 +586,10 @@ backends: [{ name: a, url: "http://127.0.0.1:1" }]
         let pending = switchyard_config::restart_required(&running, &new);
         assert_eq!(pending, ["server.bind_address", "server.workers", "logging.level"]);
         keep_restart_only(&running, &mut new);
-        assert!(switchyard_config::restart_required(&running, &new).is_empty(), "every listed key is kept");
+        assert!(
+            switchyard_config::restart_required(&running, &new).is_empty(),
+            "every listed key is kept"
+        );
         assert_eq!(new.server.max_request_size, 1024);
         assert_eq!(new.request.max_retries, 5);
         assert_eq!(new.backends[0].name, "a");

@@ -51,6 +51,8 @@ pub(crate) struct RouteTable {
 /// The backends serving one model.
 pub(crate) struct ModelRoute {
     pub(crate) model: Arc<str>,
+    /// `model` as a response header value, built once.
+    pub(crate) model_header: http::HeaderValue,
     /// Indexes into `RouterSpec::backends`, in the selector's order: the selector's
     /// index `i` is backend `candidates[i]`.
     pub(crate) candidates: Vec<usize>,
@@ -130,8 +132,10 @@ impl RouteTable {
                 candidates.iter().map(|&i| spec.backends[i].strategy_spec()).collect();
             let selector = Selector::for_model(routing.strategy, &members, routing.stats, &name)?;
             let health = routing.health.pool(members.iter().map(|m| &m.id));
-            let route =
-                ModelRoute { model: Arc::from(name.as_str()), candidates, selector, health };
+            let model_header = http::HeaderValue::from_str(&name)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("(unprintable)"));
+            let model = Arc::from(name.as_str());
+            let route = ModelRoute { model, model_header, candidates, selector, health };
             models.insert(name, Arc::new(route));
         }
         Ok(RouteTable { models, listing })

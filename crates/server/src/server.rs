@@ -58,10 +58,18 @@ impl Server {
         let factory =
             switchyard_backends::ClientFactory::new(crate::convert::client_settings(&config));
         let settings = crate::convert::load_settings(&config)?;
-        let spec = crate::convert::router_spec(&config, &factory)?;
+        // Loading the embedded model is blocking work: keep it off the async workers.
+        let (config, factory, spec) = tokio::task::spawn_blocking(move || {
+            let spec = crate::convert::router_spec(&config, &factory);
+            (config, factory, spec)
+        })
+        .await
+        .map_err(|e| Error::Model(format!("loading backends panicked: {e}")))?;
+        let spec = spec?;
         let (listener, tls) = listen(&settings).await?;
         let (state, checker, transitions) = start(settings, spec).await?;
-        let live = Arc::new(Live::from_config(state, Some(checker), config, options.reload, factory));
+        let live =
+            Arc::new(Live::from_config(state, Some(checker), config, options.reload, factory));
         if let Some(render) = options.metrics {
             live.set_render(render);
         }

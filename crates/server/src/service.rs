@@ -71,6 +71,29 @@ async fn dispatch(
         return proxy(state, endpoint, parts, body, ctx).await;
     }
     match path {
+        "/v1/messages" | "/messages" => {
+            allow(&request, &Method::POST)?;
+            let (parts, body) = request.into_parts();
+            Ok(crate::messages::messages(state, parts, body, ctx).await)
+        }
+        "/v1/messages/count_tokens" | "/messages/count_tokens" => {
+            allow(&request, &Method::POST)?;
+            let (parts, body) = request.into_parts();
+            Ok(crate::messages::count_tokens(state, parts, body, ctx).await)
+        }
+        "/api/quick" => {
+            allow(&request, &Method::POST)?;
+            let (parts, body) = request.into_parts();
+            crate::simple::quick(state, parts, body, ctx).await
+        }
+        "/api/health" => {
+            allow_get(&request)?;
+            Ok(crate::simple::health(&state))
+        }
+        "/api/models" => {
+            allow_get(&request)?;
+            Ok(crate::simple::models(&state))
+        }
         "/health" => {
             allow_get(&request)?;
             Ok(json(StatusCode::OK, r#"{"status":"ok"}"#))

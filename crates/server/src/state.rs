@@ -79,7 +79,12 @@ pub(crate) struct AppState {
     /// Backends without configured models, whose lists come from the model cache.
     discovering: Vec<usize>,
     pub(crate) caches: Arc<Caches>,
+    /// Each backend's name as a response header value, built once.
+    pub(crate) backend_headers: Vec<HeaderValue>,
     request_ids: Arc<RequestIds>,
+    /// When the first state of this router was built (uptime in `/api/health`; kept
+    /// across reloads).
+    pub(crate) started: std::time::Instant,
     /// Client, admin and metrics credentials.
     pub(crate) auth: Auth,
     /// Rate-limit buckets (carried across reloads that do not change them).
@@ -150,18 +155,19 @@ impl AppState {
         // Validates the strategy settings against the whole backend set (weight keys).
         Selector::new(&settings.routing, &spec.strategy_specs(), &stats)
             .map_err(|e| config_error(&e))?;
-        let caches = match previous {
-            Some(old) if old.settings.cache == settings.cache => {
-                // Model lists of backends that left or were rebuilt are stale.
-                for gone in old.spec.backends.iter().filter(|b| {
-                    !spec.backends.iter().any(|n| Arc::ptr_eq(&n.backend, &b.backend))
-                }) {
-                    old.caches.models.invalidate(gone.backend.id());
+        let caches =
+            match previous {
+                Some(old) if old.settings.cache == settings.cache => {
+                    // Model lists of backends that left or were rebuilt are stale.
+                    for gone in old.spec.backends.iter().filter(|b| {
+                        !spec.backends.iter().any(|n| Arc::ptr_eq(&n.backend, &b.backend))
+                    }) {
+                        old.caches.models.invalidate(gone.backend.id());
+                    }
+                    old.caches.clone()
                 }
-                old.caches.clone()
-            }
-            _ => Arc::new(Caches::new(&settings.cache).map_err(|e| config_error(&e))?),
-        };
+                _ => Arc::new(Caches::new(&settings.cache).map_err(|e| config_error(&e))?),
+            };
         let auth = Auth::new(&settings.auth, &settings.metrics.auth)?;
         let names: Vec<Arc<str>> =
             spec.backends.iter().map(|b| Arc::from(b.backend.id().as_str())).collect();
@@ -181,6 +187,14 @@ impl AppState {
             .filter(|(_, b)| b.models.is_empty())
             .map(|(i, _)| i)
             .collect();
+        let spec_headers = spec
+            .backends
+            .iter()
+            .map(|b| {
+                HeaderValue::from_str(b.backend.id().as_str())
+                    .unwrap_or_else(|_| HeaderValue::from_static("(unprintable)"))
+            })
+            .collect();
         let discovered = HashMap::new();
         let routing = Routing { health: &health, stats: &stats, strategy: &settings.routing };
         let table = RouteTable::build(&spec, &routing, &discovered)
@@ -195,7 +209,9 @@ impl AppState {
             discovered: Mutex::new(discovered),
             discovering,
             caches,
+            backend_headers: spec_headers,
             request_ids,
+            started: previous.map_or_else(std::time::Instant::now, |old| old.started),
             auth,
             limits,
             backend_metrics,
@@ -255,7 +271,10 @@ impl AppState {
 
     /// The `/v1/models` body for a client key limited to `allowed` models (by name or
     /// by what an alias resolves to); `None`: every model.
-    pub(crate) fn models_json_for(&self, allowed: Option<&std::collections::HashSet<String>>) -> Bytes {
+    pub(crate) fn models_json_for(
+        &self,
+        allowed: Option<&std::collections::HashSet<String>>,
+    ) -> Bytes {
         let table = self.table();
         let permitted = |id: &str| {
             allowed.is_none_or(|a| a.contains(id) || a.contains(self.spec.resolve_alias(id)))
@@ -294,10 +313,19 @@ impl RequestIds {
         RequestIds { prefix: prefix as u32, next: AtomicU64::new(1) }
     }
 
+    /// `req-` and 20 hex digits (prefix, counter), written without `format!`: this runs
+    /// on every request.
     fn next(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("req-{:08x}{:012x}", self.prefix, n);
-        HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("req-unknown"))
+        let mut id = *b"req-00000000000000000000";
+        for (i, slot) in id[4..12].iter_mut().enumerate() {
+            *slot = HEX[((self.prefix >> (28 - 4 * i)) & 0xf) as usize];
+        }
+        for (i, slot) in id[12..].iter_mut().enumerate() {
+            *slot = HEX[((n >> (44 - 4 * i)) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("req-unknown"))
     }
 }
 
@@ -312,6 +340,13 @@ mod tests {
         let b = state.request_id(None);
         assert_ne!(a, b);
         assert!(a.to_str().unwrap().starts_with("req-"));
+        assert_eq!(a.len(), 24);
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        assert_eq!(a[..12], b[..12], "same process prefix");
+        assert_eq!(
+            u64::from_str_radix(&b[12..], 16).unwrap(),
+            u64::from_str_radix(&a[12..], 16).unwrap() + 1
+        );
         let client = HeaderValue::from_static("abc-123");
         assert_eq!(state.request_id(Some(&client)), client);
         let weird = HeaderValue::from_static("has space");

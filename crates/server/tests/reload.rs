@@ -135,14 +135,27 @@ async fn config_rewritten_every_two_seconds_under_load_fails_no_request_and_trun
         .map(|i| tokio::spawn(run_load(router.url(CHAT), load.clone(), stop.clone(), i)))
         .collect();
 
-    let valid_with_c = format!("{header}backends:\n{}", backends(&[("a", &a), ("b", &b), ("c", &c)]));
+    let valid_with_c =
+        format!("{header}backends:\n{}", backends(&[("a", &a), ("b", &b), ("c", &c)]));
     let versions: Vec<(&str, String)> = vec![
-        ("weights", format!("{base}routing: {{ strategy: WeightedRoundRobin, weights: {{ a: 3, b: 1 }} }}\n")),
+        (
+            "weights",
+            format!(
+                "{base}routing: {{ strategy: WeightedRoundRobin, weights: {{ a: 3, b: 1 }} }}\n"
+            ),
+        ),
         ("invalid", format!("{base}routing: {{ stratgy: Random }}\n")),
         ("half-written", valid_with_c[..valid_with_c.len() - 20].to_owned()),
         ("add c", valid_with_c.clone()),
         ("remove a", format!("{header}backends:\n{}", backends(&[("b", &b), ("c", &c)]))),
-        ("restart-only key", format!("{}backends:\n{}", header.replace("127.0.0.1:0", "127.0.0.1:1"), backends(&[("a", &a), ("c", &c)]))),
+        (
+            "restart-only key",
+            format!(
+                "{}backends:\n{}",
+                header.replace("127.0.0.1:0", "127.0.0.1:1"),
+                backends(&[("a", &a), ("c", &c)])
+            ),
+        ),
     ];
     let mut seen = Vec::new();
     for (name, text) in &versions {
@@ -169,7 +182,12 @@ async fn config_rewritten_every_two_seconds_under_load_fails_no_request_and_trun
 
     let failures = load.failures.lock();
     let sent = load.sent.load(Ordering::Relaxed);
-    assert!(failures.is_empty(), "{} of {sent} requests failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     assert!(sent > 100 && load.streams.load(Ordering::Relaxed) > 50, "too little load: {sent}");
 
     // What was reported along the way.

@@ -87,19 +87,34 @@ async fn metrics_parse_as_prometheus_text_and_counters_move() {
     assert!(sample(&after, "http_requests_total", &[("path", "other"), ("status", "404")]) >= 1.0);
     // Bounded labels: no series names an unknown model or an arbitrary path.
     for s in &after {
-        assert!(!s.labels.values().any(|v| v.contains("no-such-model") || v.contains("/no/such")), "{s:?}");
+        assert!(
+            !s.labels.values().any(|v| v.contains("no-such-model") || v.contains("/no/such")),
+            "{s:?}"
+        );
     }
     let duration = [("path", CHAT), ("le", "+Inf")];
     assert!(sample(&after, "http_request_duration_seconds_bucket", &duration) >= 2.0);
     let backend = [("backend", "metrics-a")];
     assert!(sample(&after, "backend_request_duration_seconds_count", &backend) >= 2.0);
-    assert!(sample(&after, "switchyard_backend_requests_total", &[("backend", "metrics-a"), ("result", "ok")]) >= 2.0);
+    assert!(
+        sample(
+            &after,
+            "switchyard_backend_requests_total",
+            &[("backend", "metrics-a"), ("result", "ok")]
+        ) >= 2.0
+    );
     assert_eq!(sample(&after, "backend_health_status", &backend), 1.0);
     assert!(sample(&after, "router_overhead_seconds_count", &[]) >= 2.0);
     assert!(sample(&after, "switchyard_streams_total", &[("outcome", "completed")]) >= 1.0);
     let model = [("model", "metrics-model")];
     assert!(sample(&after, "switchyard_time_to_first_token_seconds_count", &model) >= 1.0);
-    assert!(sample(&after, "switchyard_tokens_total", &[("model", "metrics-model"), ("kind", "completion")]) > 0.0);
+    assert!(
+        sample(
+            &after,
+            "switchyard_tokens_total",
+            &[("model", "metrics-model"), ("kind", "completion")]
+        ) > 0.0
+    );
     assert!(after.iter().any(|s| s.name == "active_connections"));
     if cfg!(target_os = "linux") {
         assert!(sample(&after, "process_resident_memory_bytes", &[]) > 1e6);
@@ -149,9 +164,8 @@ auth:
     let router = router(&yaml).await;
     let before = mock.request_count_for(CHAT);
     router.post(CHAT, &chat("m1", false)).await.assert_error(401, "invalid_api_key");
-    let wrong = router
-        .post_with(CHAT, &chat("m1", false), &[("authorization", "Bearer sk-guess")])
-        .await;
+    let wrong =
+        router.post_with(CHAT, &chat("m1", false), &[("authorization", "Bearer sk-guess")]).await;
     wrong.assert_error(401, "invalid_api_key");
     assert!(!wrong.text().contains("sk-guess"));
     assert_eq!(wrong.json()["error"]["type"], "authentication_error");
@@ -172,7 +186,8 @@ auth:
 
     // Bob sees only what he may use.
     let models = router.get_with("/v1/models", &[("x-api-key", "sk-bob-key")]).await.json();
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["fast"]);
     router.get("/v1/models").await.assert_error(401, "invalid_api_key");
     // Liveness stays open.
@@ -180,7 +195,10 @@ auth:
 
     // Admin: only the admin key, never a client key.
     router.get("/admin/health").await.assert_error(401, "invalid_api_key");
-    router.get_with("/admin/health", &[("authorization", &alice)]).await.assert_error(401, "invalid_api_key");
+    router
+        .get_with("/admin/health", &[("authorization", &alice)])
+        .await
+        .assert_error(401, "invalid_api_key");
     let admin = router.get_with("/admin/config", &[("x-api-key", "sk-admin-key")]).await;
     assert_eq!(admin.status, 200);
     let text = admin.text();
@@ -210,7 +228,10 @@ async fn blocking_auth_with_an_empty_key_file_refuses_everyone_and_admin_can_be_
     router.get("/admin/health").await.assert_error(404, "not_found");
 
     // Permissive and no key at all: open.
-    let open = format!("server: {{ bind_address: \"127.0.0.1:0\" }}\nbackends:\n{}", backend("a", &mock, "m"));
+    let open = format!(
+        "server: {{ bind_address: \"127.0.0.1:0\" }}\nbackends:\n{}",
+        backend("a", &mock, "m")
+    );
     let open = self::router(&open).await;
     assert_eq!(open.post(CHAT, &chat("m", false)).await.status, 200);
     assert_eq!(open.get("/admin/backends").await.status, 200);
@@ -243,7 +264,11 @@ auth:
 }
 
 /// Send `n` concurrent requests over one HTTP/2 connection; the statuses and the 429s.
-async fn burst(router: &Router, n: usize, headers: &'static [(&'static str, &'static str)]) -> (Vec<u16>, Vec<(Value, String)>) {
+async fn burst(
+    router: &Router,
+    n: usize,
+    headers: &'static [(&'static str, &'static str)],
+) -> (Vec<u16>, Vec<(Value, String)>) {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).http2_only(true).build_http();
     let url = router.url(CHAT);
@@ -262,7 +287,8 @@ async fn burst(router: &Router, n: usize, headers: &'static [(&'static str, &'st
                 }
                 let response = client.request(request).await.unwrap();
                 let status = response.status().as_u16();
-                let retry = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+                let retry =
+                    response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
                 let body = response.into_body().collect().await.unwrap().to_bytes();
                 (status, retry, body)
             })
@@ -274,7 +300,8 @@ async fn burst(router: &Router, n: usize, headers: &'static [(&'static str, &'st
         let (status, retry, body) = task.await.unwrap();
         statuses.push(status);
         if status == 429 {
-            limited.push((serde_json::from_slice(&body).unwrap(), retry.expect("Retry-After on 429")));
+            limited
+                .push((serde_json::from_slice(&body).unwrap(), retry.expect("Retry-After on 429")));
         }
     }
     (statuses, limited)
@@ -301,7 +328,11 @@ rate_limit: {{ enabled: true, per_key: {{ requests_per_minute: 20 }} }}
     let refill = (elapsed * N / 60.0).floor();
     assert!(admitted >= N && admitted <= N + refill, "admitted {admitted} in {elapsed:.1}s");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count() as f64, 1000.0 - admitted);
-    assert_eq!(mock.request_count_for(CHAT) as f64, admitted, "a refused request never goes upstream");
+    assert_eq!(
+        mock.request_count_for(CHAT) as f64,
+        admitted,
+        "a refused request never goes upstream"
+    );
     let (json, retry) = &limited[0];
     assert_eq!(json["error"]["code"], "rate_limit_exceeded");
     assert_eq!(json["error"]["type"], "rate_limit_error");
@@ -313,22 +344,34 @@ rate_limit: {{ enabled: true, per_key: {{ requests_per_minute: 20 }} }}
 async fn per_ip_limits_believe_forwarded_for_only_from_trusted_proxies() {
     let mock = MockUpstream::start(Script::ok()).await.unwrap();
     let limits = "rate_limit: { enabled: true, per_ip: { requests_per_minute: 2 }, trusted_proxies: [127.0.0.1] }\n";
-    let yaml = format!("server: {{ bind_address: \"127.0.0.1:0\" }}\nbackends:\n{}{limits}", backend("a", &mock, "m"));
+    let yaml = format!(
+        "server: {{ bind_address: \"127.0.0.1:0\" }}\nbackends:\n{}{limits}",
+        backend("a", &mock, "m")
+    );
     let router = router(&yaml).await;
     let from = |ip: &'static str| [("x-forwarded-for", ip)];
     for ip in ["1.1.1.1", "2.2.2.2"] {
         for _ in 0..2 {
             assert_eq!(router.post_with(CHAT, &chat("m", false), &from(ip)).await.status, 200);
         }
-        router.post_with(CHAT, &chat("m", false), &from(ip)).await.assert_error(429, "rate_limit_exceeded");
+        router
+            .post_with(CHAT, &chat("m", false), &from(ip))
+            .await
+            .assert_error(429, "rate_limit_exceeded");
     }
     // A client cannot pick its address when the peer is not trusted.
     let untrusted = limits.replace("127.0.0.1]", "10.0.0.0/8]");
-    let yaml = format!("server: {{ bind_address: \"127.0.0.1:0\" }}\nbackends:\n{}{untrusted}", backend("a", &mock, "m"));
+    let yaml = format!(
+        "server: {{ bind_address: \"127.0.0.1:0\" }}\nbackends:\n{}{untrusted}",
+        backend("a", &mock, "m")
+    );
     let router = self::router(&yaml).await;
     assert_eq!(router.post_with(CHAT, &chat("m", false), &from("3.3.3.3")).await.status, 200);
     assert_eq!(router.post_with(CHAT, &chat("m", false), &from("4.4.4.4")).await.status, 200);
-    router.post_with(CHAT, &chat("m", false), &from("5.5.5.5")).await.assert_error(429, "rate_limit_exceeded");
+    router
+        .post_with(CHAT, &chat("m", false), &from("5.5.5.5"))
+        .await
+        .assert_error(429, "rate_limit_exceeded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,7 +494,9 @@ async fn tls_terminates_with_http2_by_alpn_and_http1_too() {
     let tls = connect(&[b"h2", b"http/1.1"], &[&rustls::version::TLS13]).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
     tokio::spawn(connection);
     let response = sender.send_request(request()).await.unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
@@ -498,13 +543,19 @@ async fn the_overhead_header_is_opt_in_and_excludes_the_upstream() {
     let reply = router.post(CHAT, &chat("m", false)).await;
     let total = started.elapsed();
     assert_eq!(reply.status, 200);
-    let overhead: u64 = reply.headers["x-switchyard-overhead-us"].to_str().unwrap().parse().unwrap();
+    let overhead: u64 =
+        reply.headers["x-switchyard-overhead-us"].to_str().unwrap().parse().unwrap();
     assert!(total.as_micros() as u64 > 200_000);
     assert!(overhead < 200_000, "the 200 ms upstream delay is not router time: {overhead} us");
     // Router-only answers carry it too; without the option nobody does.
     let missing = router.post(CHAT, &chat("nope", false)).await;
     assert!(missing.headers.contains_key("x-switchyard-overhead-us"));
-    let plain = format!("server: {{ bind_address: \"127.0.0.1:0\" }}\nbackends:\n{}", backend("a", &mock, "m"));
+    let plain = format!(
+        "server: {{ bind_address: \"127.0.0.1:0\" }}\nbackends:\n{}",
+        backend("a", &mock, "m")
+    );
     let plain = self::router(&plain).await;
-    assert!(!plain.post(CHAT, &chat("m", false)).await.headers.contains_key("x-switchyard-overhead-us"));
+    assert!(
+        !plain.post(CHAT, &chat("m", false)).await.headers.contains_key("x-switchyard-overhead-us")
+    );
 }

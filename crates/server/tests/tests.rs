@@ -161,7 +161,7 @@ async fn every_bad_request_gets_its_status_and_openai_error_json() {
         .post_raw(
             CHAT,
             serde_json::to_vec(&chat("mock-model", false)).unwrap(),
-            &[("content-type", "text/plain")],
+            &[("content-type", "multipart/form-data; boundary=x")],
         )
         .await
         .assert_error(415, "unsupported_media_type");

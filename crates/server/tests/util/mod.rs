@@ -172,7 +172,10 @@ pub fn chat(model: &str, stream: bool) -> Value {
 
 impl Router {
     /// Start a router from a configuration (the way the binary does).
-    pub async fn from_config(config: switchyard_config::Config, options: switchyard_server::Options) -> Router {
+    pub async fn from_config(
+        config: switchyard_config::Config,
+        options: switchyard_server::Options,
+    ) -> Router {
         let server = Server::from_config(config, options).await.expect("router binds");
         let addr = server.local_addr().expect("address");
         let (tx, rx) = oneshot::channel::<()>();
@@ -257,7 +260,11 @@ pub fn parse_prometheus(text: &str) -> Vec<Sample> {
                     "{}",
                     at()
                 );
-                assert!(types.insert(name.to_owned(), ty.to_owned()).is_none(), "TYPE twice: {}", at());
+                assert!(
+                    types.insert(name.to_owned(), ty.to_owned()).is_none(),
+                    "TYPE twice: {}",
+                    at()
+                );
             } else {
                 assert_eq!(kind, "HELP", "{}", at());
             }
@@ -377,4 +384,3 @@ impl Drop for Redis {
         self.stop();
     }
 }
-

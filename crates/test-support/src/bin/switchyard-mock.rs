@@ -128,10 +128,13 @@ async fn serve(args: Args) -> Result<(), String> {
         let responses = Arc::clone(&responses);
         tokio::spawn(async move {
             let service = service_fn(move |request| handle(Arc::clone(&responses), request));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            // HTTP/1.1 keep-alive, or h2c with prior knowledge (no stream limit, so a
+            // router can multiplex thousands of open streams over a few connections).
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder.http1().keep_alive(true);
+            builder.http2().max_concurrent_streams(u32::MAX);
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
