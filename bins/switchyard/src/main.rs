@@ -126,10 +126,8 @@ fn serve(args: &ServeArgs) -> ExitCode {
     };
     init_tracing(&config.logging);
     let metrics = if config.metrics.enabled { install_metrics() } else { None };
-    let options = Options {
-        reload: Some(ConfigLoader::from_overrides(overrides(args), &source)),
-        metrics,
-    };
+    let options =
+        Options { reload: Some(ConfigLoader::from_overrides(overrides(args), &source)), metrics };
     // One process-wide TLS provider; the libraries also pass theirs explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -158,8 +156,8 @@ fn serve(args: &ServeArgs) -> ExitCode {
 /// quantiles across instances) and return what `/metrics` renders with.
 fn install_metrics() -> Option<MetricsRender> {
     const SECONDS: &[f64] = &[
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-        2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
     ];
     const RATES: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
     let builder = PrometheusBuilder::new()
@@ -196,7 +194,12 @@ fn init_tracing(logging: &LoggingConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&logging.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: a journal or a log file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match logging.format {
         LogFormat::Json => builder.json().init(),
         _ => builder.init(),

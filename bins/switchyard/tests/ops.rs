@@ -155,12 +155,14 @@ fn assert_no_canary(what: &str, text: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn canary_no_secret_leaks_into_logs_metrics_admin_output_or_responses() {
-    let good = MockUpstream::start(Script::ok().chunks(4).require_api_key(PROVIDER_KEY)).await.unwrap();
+    let good =
+        MockUpstream::start(Script::ok().chunks(4).require_api_key(PROVIDER_KEY)).await.unwrap();
     let broken = MockUpstream::start(Script::error(500, "boom")).await.unwrap();
     broken.set_probe_script(Some(Script::ok()));
     let cut = MockUpstream::start(Script::ok().chunks(6).error_after(2)).await.unwrap();
     let hang = MockUpstream::start(Script::never_answer()).await.unwrap();
-    let wrong_key = MockUpstream::start(Script::ok().require_api_key("sk-someone-else")).await.unwrap();
+    let wrong_key =
+        MockUpstream::start(Script::ok().require_api_key("sk-someone-else")).await.unwrap();
     wrong_key.set_probe_script(Some(Script::ok()));
     let closed = free_port();
     let config = |extra: &str| {
@@ -195,7 +197,8 @@ rate_limit: {{ enabled: true, per_key: {{ requests_per_minute: 60, burst: 30 }} 
             wrong = wrong_key.url(),
         )
     };
-    let router = start(temp_dir("canary"), &config(""), &[("CANARY_PROVIDER_KEY", PROVIDER_KEY)]).await;
+    let router =
+        start(temp_dir("canary"), &config(""), &[("CANARY_PROVIDER_KEY", PROVIDER_KEY)]).await;
     let port = router.port;
     let client = format!("Bearer {CLIENT_KEY}");
     let auth = [("Authorization", client.as_str())];
@@ -204,14 +207,36 @@ rate_limit: {{ enabled: true, per_key: {{ requests_per_minute: 60, burst: 30 }} 
 
     // Success, streamed and not, then every error path.
     exchange(t, port, "POST", "/v1/chat/completions", &auth, &chat("good", false), 200).await;
-    let stream = exchange(t, port, "POST", "/v1/chat/completions", &auth, &chat("stream-model", true), 200).await;
+    let stream =
+        exchange(t, port, "POST", "/v1/chat/completions", &auth, &chat("stream-model", true), 200)
+            .await;
     assert!(stream.contains("data: [DONE]"), "{stream}");
-    let cut_stream = exchange(t, port, "POST", "/v1/chat/completions", &auth, &chat("cut", true), 200).await;
+    let cut_stream =
+        exchange(t, port, "POST", "/v1/chat/completions", &auth, &chat("cut", true), 200).await;
     assert!(cut_stream.contains("\"error\"") && !cut_stream.contains("[DONE]"), "{cut_stream}");
     exchange(t, port, "POST", "/v1/chat/completions", &[], &chat("good", false), 401).await;
-    exchange(t, port, "POST", "/v1/chat/completions", &[("Authorization", "Bearer sk-canary-client")], &chat("good", false), 401).await;
-    exchange(t, port, "POST", "/v1/chat/completions", &[("x-api-key", LIMITED_KEY)], &chat("broken", false), 403).await;
-    exchange(t, port, "POST", "/v1/chat/completions", &auth, &chat("no-such-model", false), 404).await;
+    exchange(
+        t,
+        port,
+        "POST",
+        "/v1/chat/completions",
+        &[("Authorization", "Bearer sk-canary-client")],
+        &chat("good", false),
+        401,
+    )
+    .await;
+    exchange(
+        t,
+        port,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-api-key", LIMITED_KEY)],
+        &chat("broken", false),
+        403,
+    )
+    .await;
+    exchange(t, port, "POST", "/v1/chat/completions", &auth, &chat("no-such-model", false), 404)
+        .await;
     exchange(t, port, "GET", "/v1/no/such/path", &auth, "", 404).await;
     exchange(t, port, "POST", "/v1/chat/completions", &auth, &chat("broken", false), 500).await;
     exchange(t, port, "POST", "/v1/chat/completions", &auth, &chat("refused", false), 502).await;
@@ -220,32 +245,49 @@ rate_limit: {{ enabled: true, per_key: {{ requests_per_minute: 60, burst: 30 }} 
     exchange(t, port, "POST", "/v1/chat/completions", &auth, "{not json", 400).await;
     let mut limited = 0;
     for _ in 0..35 {
-        let (status, text) =
-            http(port, "POST", "/v1/chat/completions", &[("x-api-key", LIMITED_KEY)], &chat("good", false)).await.unwrap();
+        let (status, text) = http(
+            port,
+            "POST",
+            "/v1/chat/completions",
+            &[("x-api-key", LIMITED_KEY)],
+            &chat("good", false),
+        )
+        .await
+        .unwrap();
         t.push_str(&text);
         limited += usize::from(status == 429);
     }
     assert!(limited > 0, "the per-key limit never refused");
     exchange(t, port, "GET", "/metrics", &[], "", 401).await;
-    exchange(t, port, "GET", "/metrics", &[("Authorization", &basic("prom", "wrong"))], "", 401).await;
+    exchange(t, port, "GET", "/metrics", &[("Authorization", &basic("prom", "wrong"))], "", 401)
+        .await;
     exchange(t, port, "GET", "/admin/config", &auth, "", 401).await;
     exchange(t, port, "GET", "/admin/health", &[("x-api-key", "sk-canary-admin")], "", 401).await;
 
     // Reload errors: by the admin API, by SIGHUP and by the file watch. The invalid
     // value below is the provider key itself, which the validation message would echo.
     let admin = [("x-api-key", ADMIN_KEY)];
-    std::fs::write(router.config_path(), config("server: { workers: \"${CANARY_PROVIDER_KEY}\" }\n")).unwrap();
+    std::fs::write(
+        router.config_path(),
+        config("server: { workers: \"${CANARY_PROVIDER_KEY}\" }\n"),
+    )
+    .unwrap();
     let refused = exchange(t, port, "POST", "/admin/config/reload", &admin, "", 400).await;
     assert!(refused.contains("server.workers"), "{refused}");
     std::fs::write(router.config_path(), config("routing: { strategy: [unclosed\n")).unwrap();
     router.signal("-HUP");
     tokio::time::sleep(ms(1500)).await;
-    std::fs::write(router.config_path(), config(&format!("metrics: {{ pasword: \"{METRICS_PASSWORD}\" }}\n"))).unwrap();
+    std::fs::write(
+        router.config_path(),
+        config(&format!("metrics: {{ pasword: \"{METRICS_PASSWORD}\" }}\n")),
+    )
+    .unwrap();
     tokio::time::sleep(ms(1500)).await;
 
     // What an operator reads.
     let metrics_auth = basic("prom", METRICS_PASSWORD);
-    let metrics = exchange(t, port, "GET", "/metrics", &[("Authorization", &metrics_auth)], "", 200).await;
+    let metrics =
+        exchange(t, port, "GET", "/metrics", &[("Authorization", &metrics_auth)], "", 200).await;
     assert!(metrics.contains("http_requests_total{"), "{metrics}");
     assert!(metrics.contains("switchyard_config_reloads_total{result=\"failed\"}"), "{metrics}");
     assert!(metrics.contains("switchyard_auth_failures_total"), "{metrics}");
@@ -267,21 +309,22 @@ rate_limit: {{ enabled: true, per_key: {{ requests_per_minute: 60, burst: 30 }} 
     assert!(logs.contains("status=504") && logs.contains("status=429"), "{logs}");
     assert_no_canary("the log", &logs);
     assert_no_canary("the responses", &transcript);
-    assert!(!logs.contains("hello there") && !transcript.contains("hello there"), "prompt text leaked");
+    assert!(
+        !logs.contains("hello there") && !transcript.contains("hello there"),
+        "prompt text leaked"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_and_file_changes_reload_the_binary_and_restart_only_keys_are_reported() {
     let mock = MockUpstream::start(Script::ok()).await.unwrap();
     let config = |extra: &str| {
-        format!(
-            "backends:\n  - {{ name: a, url: \"{}\", models: [m] }}\n{extra}",
-            mock.url()
-        )
+        format!("backends:\n  - {{ name: a, url: \"{}\", models: [m] }}\n{extra}", mock.url())
     };
     let router = start(temp_dir("sighup"), &config(""), &[]).await;
     let port = router.port;
-    let (status, _) = http(port, "POST", "/v1/chat/completions", &[], &chat("fast", false)).await.unwrap();
+    let (status, _) =
+        http(port, "POST", "/v1/chat/completions", &[], &chat("fast", false)).await.unwrap();
     assert_eq!(status, 404);
 
     // Written by rename (as editors and deployment tools do), then SIGHUP.

@@ -159,6 +159,7 @@ pub fn describe() {
     describe_gauge!(PROCESS_START_TIME_SECONDS, Unit::Seconds, "unix time the process started");
     switchyard_health::metrics::describe_metrics();
     switchyard_cache::metrics::describe();
+    switchyard_inference::metrics::describe();
 }
 
 /// The `path` label: a fixed list, so arbitrary request paths never become labels.

@@ -245,12 +245,17 @@ impl Live {
             Ok(read) => read,
             Err(_) => return Err(self.failed(reload, trigger, None, "the loader panicked".into())),
         };
-        if trigger == Trigger::File && print == reload.status.lock().fingerprint {
-            return Ok(Outcome {
-                result: "unchanged",
-                generation: reload.status.lock().generation,
-                restart_required: reload.status.lock().restart_required.clone(),
-            });
+        if trigger == Trigger::File {
+            // One guard: temporaries live to the end of the statement, so locking per
+            // field would deadlock on the second.
+            let status = reload.status.lock();
+            if print == status.fingerprint {
+                return Ok(Outcome {
+                    result: "unchanged",
+                    generation: status.generation,
+                    restart_required: status.restart_required.clone(),
+                });
+            }
         }
         let mut config = match loaded {
             Ok(config) => config,
@@ -488,8 +493,17 @@ fn unix_now() -> u64 {
 /// ConfigMaps) are seen too. Returns when `live` is dropped.
 pub(crate) async fn watch_files(live: Weak<Live>) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    // The watched files' paths: other files in the same directories (a log file next
+    // to the configuration, say) must not trigger, nor keep the debounce waiting.
+    let files: Arc<parking_lot::RwLock<Vec<PathBuf>>> = Arc::default();
+    let wanted = files.clone();
     let handler = move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        let wanted = wanted.read();
+        if event.paths.is_empty() || event.paths.iter().any(|p| wanted.contains(p)) {
             let _ = tx.try_send(());
         }
     };
@@ -503,8 +517,10 @@ pub(crate) async fn watch_files(live: Weak<Live>) {
     let mut watching: Vec<PathBuf> = Vec::new();
     loop {
         let Some(strong) = live.upgrade() else { return };
-        let dirs = directories(&strong.watched_files());
+        let watched = strong.watched_files();
         drop(strong);
+        let dirs = directories(&watched);
+        *files.write() = watched.iter().map(|f| absolute(f)).collect();
         for dir in dirs {
             use notify::Watcher;
             if watching.contains(&dir) {
@@ -533,12 +549,16 @@ pub(crate) async fn watch_files(live: Weak<Live>) {
     }
 }
 
+/// `file` as an absolute path (as the watcher reports paths).
+fn absolute(file: &Path) -> PathBuf {
+    std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf())
+}
+
 fn directories(files: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = files
         .iter()
         .map(|file| {
-            let absolute = std::path::absolute(file).unwrap_or_else(|_| file.clone());
-            absolute.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+            absolute(file).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
         })
         .collect();
     dirs.sort();
