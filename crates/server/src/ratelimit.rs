@@ -190,7 +190,7 @@ impl RateLimiter {
 
     /// Whether any client-side limit applies.
     pub(crate) fn limits_clients(&self) -> bool {
-        self.per_key.is_some() || self.per_ip.is_some() || self.global.is_some()
+        self.enabled && (self.per_key.is_some() || self.per_ip.is_some() || self.global.is_some())
     }
 
     /// The client's address: the peer, or, when the peer is a trusted proxy, the

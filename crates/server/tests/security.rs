@@ -261,6 +261,16 @@ auth:
     assert_eq!(other.status, 200);
     assert_eq!(other.headers["x-switchyard-cache-status"], "miss", "b must not get a's answer");
     assert_eq!(mock.request_count_for(CHAT), 2);
+    // The tenant is the authenticated key, whichever header carried it.
+    let a_again = router.post_with(CHAT, &greedy("m"), &[("x-api-key", "sk-tenant-a")]).await;
+    assert_eq!(a_again.headers["x-switchyard-cache-status"], "hit");
+    let b_again = router.post_with(CHAT, &greedy("m"), &[("x-api-key", "sk-tenant-b")]).await;
+    assert_eq!(b_again.headers["x-switchyard-cache-status"], "hit");
+    // A wrong key is refused before the cache is consulted: no answer, no upstream call.
+    let stranger = router.post_with(CHAT, &greedy("m"), &[("x-api-key", "sk-tenant-c")]).await;
+    stranger.assert_error(401, "invalid_api_key");
+    assert!(!stranger.text().contains("chatcmpl"), "{}", stranger.text());
+    assert_eq!(mock.request_count_for(CHAT), 2);
 }
 
 /// Send `n` concurrent requests over one HTTP/2 connection; the statuses and the 429s.
