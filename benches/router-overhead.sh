@@ -3,20 +3,33 @@
 # Switchyard, and through nginx `proxy_pass` with an upstream keepalive pool, in one run
 # (these machines are shared and noisy: compare ratios, not absolute figures).
 #
-# Usage: benches/router-overhead.sh [-d SECONDS] [-c "1 16 64 256"] [--smoke]
+#  1. non-streaming chat at each connection count (wrk): req/s, p50/p99, CPU per request;
+#  2. streaming chat at each connection count (switchyard-load): time to first byte and
+#     the gap between chunks, direct, through nginx and through Switchyard;
+#  3. a fresh Switchyard holding N streams open at once (h2c to the upstream):
+#     router memory per open stream, and what is left after they end;
+#  4. start-up time and idle RSS without a model.
+#
+# Usage: benches/router-overhead.sh [-d SECONDS] [-c "1 16 64 256"] [--hold N] [--no-stream] [--smoke]
+#        (--hold 0 and --no-stream skip parts 3 and 2, for quick A/B runs)
 # Needs: wrk and nginx (Debian packages; installed when missing and running as root).
-# Prints a markdown table; --smoke runs 1 s at 8 connections and only checks numbers exist.
+# Prints markdown. --smoke (the test suite runs it) uses debug builds, 1 s per row at
+# 8 connections and 200 held streams, and only checks that every figure is a number.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 duration=10
 conns="1 16 64 256"
+hold=10000
 smoke=0
+streaming=1
 while (($#)); do
     case "$1" in
         -d) duration="$2"; shift 2 ;;
         -c) conns="$2"; shift 2 ;;
-        --smoke) smoke=1; duration=1; conns="8"; shift ;;
+        --hold) hold="$2"; shift 2 ;;
+        --no-stream) streaming=0; shift ;;
+        --smoke) smoke=1; duration=1; conns="8"; hold=200; shift ;;
         *) echo "unknown argument $1" >&2; exit 64 ;;
     esac
 done
@@ -31,10 +44,22 @@ need() {
 }
 need wrk wrk
 need nginx nginx
+need curl curl
+# One file descriptor per held stream, in the load generator and in the router.
+ulimit -n "$(ulimit -Hn)"
+if (($(ulimit -n) < hold + 1000)); then
+    echo "router-overhead: --hold $hold needs more file descriptors than $(ulimit -n)" >&2; exit 1
+fi
 
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --release --quiet -p switchyard -p switchyard-test-support --bin switchyard --bin switchyard-mock
-bin="$target/release"
+bins=(-p switchyard -p switchyard-test-support --bin switchyard --bin switchyard-mock --bin switchyard-load)
+if ((smoke)); then
+    cargo build --quiet "${bins[@]}"
+    bin="$target/debug"
+else
+    cargo build --release --quiet "${bins[@]}"
+    bin="$target/release"
+fi
 
 work="$(mktemp -d)"
 pids=()
@@ -45,28 +70,41 @@ cleanup() {
 }
 trap cleanup EXIT
 
+fail() { echo "router-overhead: $*" >&2; exit 1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() {
-    for _ in $(seq 1 500); do
+    for _ in $(seq 1 1000); do
         curl -fsS -o /dev/null "http://127.0.0.1:$1$2" 2>/dev/null && return 0
         sleep 0.01
     done
-    echo "router-overhead: nothing answers on port $1" >&2; exit 1
+    fail "nothing answers on port $1"
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+# `key=value` lines from switchyard-load: field NAME LINE
+field() { tr ' ' '\n' <<<"$2" | awk -F= -v k="$1" '$1 == k {print $2}'; }
+sub3() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+check_numbers() {
+    for v in "$@"; do [[ "$v" =~ ^-?[0-9.]+$ ]] || fail "a figure is not a number ($v)"; done
+}
 
-mock_port=$(free_port)
-"$bin/switchyard-mock" --port "$mock_port" --threads 1 >/dev/null &
-pids+=($!)
-wait_http "$mock_port" /health
+mock() { # PORT ARGS... -> starts a mock, appends its pid
+    "$bin/switchyard-mock" --port "$1" --threads 1 "${@:2}" >/dev/null &
+    pids+=($!)
+    wait_http "$1" /health
+}
+mock_port=$(free_port); mock "$mock_port"
+stream_port=$(free_port); mock "$stream_port" --chunks 20 --chunk-delay-ms 5 --model stream-model
+mock_pid=${pids[0]}
 
+# One worker, like nginx's worker_processes 1; an upstream pool as large as nginx's.
 router_port=$(free_port)
 cat >"$work/switchyard.yaml" <<YAML
-# One worker, like nginx's worker_processes 1; an upstream pool as large as nginx's.
 server: { bind_address: "127.0.0.1:$router_port", workers: 1 }
 backends:
   - { name: mock, type: openai, url: "http://127.0.0.1:$mock_port", models: [mock-model] }
+  - { name: stream, type: openai, url: "http://127.0.0.1:$stream_port", models: [stream-model] }
 health_checks: { enabled: false }
 http_client: { pool_max_idle_per_host: 256 }
 logging: { level: warn }
@@ -81,6 +119,7 @@ sleep 0.3
 idle_rss_kb=$(rss_kb "$router_pid")
 
 nginx_port=$(free_port)
+nginx_stream_port=$(free_port)
 mkdir -p "$work/nginx"
 cat >"$work/nginx/nginx.conf" <<NGINX
 worker_processes 1;
@@ -92,6 +131,7 @@ http {
     client_body_temp_path $work/nginx;
     proxy_temp_path $work/nginx;
     upstream mock { server 127.0.0.1:$mock_port; keepalive 256; }
+    upstream stream { server 127.0.0.1:$stream_port; keepalive 256; }
     server {
         listen 127.0.0.1:$nginx_port;
         location / {
@@ -101,54 +141,140 @@ http {
             proxy_buffering off;
         }
     }
+    server {
+        listen 127.0.0.1:$nginx_stream_port;
+        location / {
+            proxy_pass http://stream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
 }
 NGINX
 nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' &
-pids+=($!)
+nginx_master=$!
+pids+=($nginx_master)
 wait_http "$nginx_port" /health
-nginx_worker=$(pgrep -P "${pids[-1]}" | head -1)
+nginx_worker=$(pgrep -P "$nginx_master" | head -1)
 
 # wrk prints latencies like 812.00us, 1.20ms, 1.02s: normalise to milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
 
-# run NAME PORT CONNS PID -> "rps p50 p99 cpu_us_per_req"
-run() {
-    local port=$2 c=$3 pid=$4 threads=1
-    local before after out rps p50 p99 requests
+# rate NAME PORT CONNS PID -> "rps p50 p99 cpu_us_per_req"
+rate() {
+    local port=$2 c=$3 pid=$4
+    local before after out rps p50 p99 requests hz cpu
     before=$(cpu_ticks "$pid")
-    out=$(wrk -t"$threads" -c"$c" -d"${duration}s" --latency -s benches/wrk/chat.lua "http://127.0.0.1:$port/v1/chat/completions")
+    out=$(wrk -t1 -c"$c" -d"${duration}s" --latency -s benches/wrk/chat.lua "http://127.0.0.1:$port/v1/chat/completions")
     after=$(cpu_ticks "$pid")
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
     requests=$(awk '/requests in/ {print $1}' <<<"$out")
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-    if grep -q "Non-2xx" <<<"$out"; then echo "router-overhead: $1 answered errors:" >&2; echo "$out" >&2; exit 1; fi
-    local hz; hz=$(getconf CLK_TCK)
-    local cpu; cpu=$(awk -v t=$((after - before)) -v n="$requests" -v hz="$hz" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "n/a" }')
+    if grep -q "Non-2xx\|Socket errors" <<<"$out"; then fail "$1 answered errors: $out"; fi
+    hz=$(getconf CLK_TCK)
+    cpu=$(awk -v t=$((after - before)) -v n="$requests" -v hz="$hz" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "n/a" }')
     echo "$rps $p50 $p99 $cpu"
+}
+
+# stream NAME PORT CONNS -> the switchyard-load summary line
+stream() {
+    "$bin/switchyard-load" --url "http://127.0.0.1:$2/v1/chat/completions" --stream \
+        --model stream-model --connections "$3" --duration-s "$duration" \
+        || fail "$1: streaming load failed"
 }
 
 date_utc=$(date -u +%Y-%m-%d)
 cpu_model=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+profile=release; ((smoke)) && profile="debug (smoke)"
 echo "## Router overhead ($date_utc)"
 echo
-echo "Machine: $(nproc) cores ($cpu_model), load generator, mock and proxies sharing them."
-echo "Command: \`benches/router-overhead.sh -d $duration -c \"$conns\"\` (wrk, 1 thread, non-streaming chat, keep-alive)."
-echo "Switchyard: start-up to first /health ${startup_ms} ms; idle RSS $((idle_rss_kb / 1024)).$(( (idle_rss_kb % 1024) * 10 / 1024 )) MB (no model)."
+echo "Machine: $(nproc) cores ($cpu_model), $(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo) GiB; load generator, mocks and proxies share the cores. Build: $profile."
+echo "Command: \`benches/router-overhead.sh -d $duration -c \"$conns\" --hold $hold\`."
 echo
-echo "| conns | direct req/s | nginx req/s | switchyard req/s | sy/nginx | direct p50/p99 ms | nginx p50/p99 ms | switchyard p50/p99 ms | sy added p50/p99 ms | CPU µs/req nginx | CPU µs/req switchyard |"
+echo "Start-up to first \`/health\`: **${startup_ms} ms**; idle RSS **$(mb "$idle_rss_kb") MB** (no model)."
+echo
+echo "### Non-streaming chat (wrk, 1 thread, keep-alive)"
+echo
+echo "| conns | direct req/s | nginx req/s | switchyard req/s | **sy/nginx** | direct p50/p99 ms | nginx p50/p99 ms | switchyard p50/p99 ms | sy added p50/p99 ms | CPU µs/req nginx | CPU µs/req switchyard |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for c in $conns; do
-    read -r d_rps d_p50 d_p99 _ < <(run direct "$mock_port" "$c" "${pids[0]}")
-    read -r n_rps n_p50 n_p99 n_cpu < <(run nginx "$nginx_port" "$c" "$nginx_worker")
-    read -r s_rps s_p50 s_p99 s_cpu < <(run switchyard "$router_port" "$c" "$router_pid")
+    read -r d_rps d_p50 d_p99 _ < <(rate direct "$mock_port" "$c" "$mock_pid")
+    read -r n_rps n_p50 n_p99 n_cpu < <(rate nginx "$nginx_port" "$c" "$nginx_worker")
+    read -r s_rps s_p50 s_p99 s_cpu < <(rate switchyard "$router_port" "$c" "$router_pid")
     ratio=$(awk -v a="$s_rps" -v b="$n_rps" 'BEGIN { printf "%.2f", a / b }')
-    add50=$(awk -v a="$s_p50" -v b="$d_p50" 'BEGIN { printf "%.3f", a - b }')
-    add99=$(awk -v a="$s_p99" -v b="$d_p99" 'BEGIN { printf "%.3f", a - b }')
-    echo "| $c | $d_rps | $n_rps | $s_rps | $ratio | $d_p50 / $d_p99 | $n_p50 / $n_p99 | $s_p50 / $s_p99 | $add50 / $add99 | $n_cpu | $s_cpu |"
-    if ((smoke)); then
-        for v in "$d_rps" "$n_rps" "$s_rps" "$s_p99" "$s_cpu"; do
-            [[ "$v" =~ ^[0-9.]+$ ]] || { echo "router-overhead: smoke run produced no number ($v)" >&2; exit 1; }
-        done
-    fi
+    add50=$(sub3 "$s_p50" "$d_p50"); add99=$(sub3 "$s_p99" "$d_p99")
+    echo "| $c | $d_rps | $n_rps | $s_rps | **$ratio** | $d_p50 / $d_p99 | $n_p50 / $n_p99 | $s_p50 / $s_p99 | $add50 / $add99 | $n_cpu | $s_cpu |"
+    ((smoke)) && check_numbers "$d_rps" "$n_rps" "$s_rps" "$ratio" "$s_p99" "$add99" "$s_cpu"
 done
+
+if ((streaming)); then
+echo
+echo "### Streaming chat (switchyard-load; the mock sends 22 chunks 5 ms apart)"
+echo
+echo "Time to first byte (TTFB) is from sending the request to the first body chunk; the"
+echo "gap is between consecutive chunks, so an added gap near zero means nothing buffers."
+echo
+echo "| conns | direct TTFB p50/p99 ms | nginx TTFB p50/p99 ms | switchyard TTFB p50/p99 ms | sy added TTFB p50/p99 ms | direct gap p50/p99 ms | nginx gap p50/p99 ms | switchyard gap p50/p99 ms | streams/s nginx | streams/s switchyard |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+for c in $conns; do
+    d=$(stream direct "$stream_port" "$c")
+    n=$(stream nginx "$nginx_stream_port" "$c")
+    s=$(stream switchyard "$router_port" "$c")
+    add50=$(sub3 "$(field ttfb_p50_ms "$s")" "$(field ttfb_p50_ms "$d")")
+    add99=$(sub3 "$(field ttfb_p99_ms "$s")" "$(field ttfb_p99_ms "$d")")
+    pair() { echo "$(field "$1_p50_ms" "$2") / $(field "$1_p99_ms" "$2")"; }
+    echo "| $c | $(pair ttfb "$d") | $(pair ttfb "$n") | $(pair ttfb "$s") | $add50 / $add99 | $(pair gap "$d") | $(pair gap "$n") | $(pair gap "$s") | $(field rps "$n") | $(field rps "$s") |"
+    ((smoke)) && check_numbers "$add99" "$(field gap_p99_ms "$s")" "$(field rps "$s")"
+done
+fi
+((hold > 0)) || exit 0
+
+# A fresh router, so the memory it holds for streams is not hidden by what its
+# allocator kept from the load above; the upstream speaks h2c, so N client streams
+# need N client connections but only one upstream connection.
+hold_port=$(free_port)
+hold_mock=$(free_port)
+chunk_delay=2000 chunks=15
+((smoke)) && chunk_delay=300 chunks=3
+mock "$hold_mock" --chunks "$chunks" --chunk-delay-ms "$chunk_delay" --model hold-model
+hold_router_port=$(free_port)
+cat >"$work/hold.yaml" <<YAML
+server: { bind_address: "127.0.0.1:$hold_router_port", workers: 1, max_connections: $((hold + 1000)) }
+backends:
+  - { name: hold, type: openai, url: "http://127.0.0.1:$hold_mock", models: [hold-model], http2: h2c, max_connections: $((hold + 1000)) }
+health_checks: { enabled: false }
+logging: { level: warn }
+YAML
+"$bin/switchyard" serve --config "$work/hold.yaml" 2>"$work/hold.log" &
+hold_pid=$!
+pids+=($hold_pid)
+wait_http "$hold_router_port" /health
+# Warm the upstream connection and the runtime, then take the baseline.
+"$bin/switchyard-load" --url "http://127.0.0.1:$hold_router_port/v1/chat/completions" \
+    --model hold-model --connections 4 --duration-s 1 >/dev/null || fail "hold warm-up failed"
+sleep 0.5
+before_kb=$(rss_kb "$hold_pid")
+open_ms_start=$(date +%s%N)
+coproc LOAD { "$bin/switchyard-load" --url "http://127.0.0.1:$hold_router_port/v1/chat/completions" \
+    --model hold-model --connections "$hold" --hold 2>"$work/hold-load.err"; }
+read -r word opened <&"${LOAD[0]}" || fail "the hold run ended early: $(cat "$work/hold-load.err")"
+[[ "$word" == open ]] || fail "unexpected output from switchyard-load: $word $opened"
+open_ms=$(( ($(date +%s%N) - open_ms_start) / 1000000 ))
+open_kb=$(rss_kb "$hold_pid")
+read -r summary <&"${LOAD[0]}" || true
+wait "$LOAD_PID" || fail "held streams failed: $summary $(cat "$work/hold-load.err")"
+sleep 0.5
+after_kb=$(rss_kb "$hold_pid")
+per_stream=$(awk -v a="$open_kb" -v b="$before_kb" -v n="$opened" 'BEGIN { printf "%.1f", (a - b) / n }')
+echo
+echo "### $opened streams open at once (one fresh router, h2c upstream)"
+echo
+echo "| streams | open after ms | router RSS before MB | RSS with all open MB | **KiB per open stream** | RSS after they end MB | errors |"
+echo "|---|---|---|---|---|---|---|"
+echo "| $opened | $open_ms | $(mb "$before_kb") | $(mb "$open_kb") | **$per_stream** | $(mb "$after_kb") | $(field errors "$summary") |"
+((opened == hold)) || fail "only $opened of $hold streams were open at once"
+[[ "$(field errors "$summary")" == 0 ]] || fail "held streams failed: $summary"
+((smoke)) && check_numbers "$per_stream" "$startup_ms" "$idle_rss_kb"
+exit 0

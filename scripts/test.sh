@@ -18,6 +18,8 @@ if [[ -z "${SWITCHYARD_SKIP_INSTALL:-}" ]]; then
     missing=()
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v curl >/dev/null || missing+=(curl)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v nginx >/dev/null || missing+=(nginx)
     if ((${#missing[@]})); then
         log "installing Debian packages: ${missing[*]}"
         as_root apt-get update -qq
@@ -40,3 +42,5 @@ log "running the tests"
 cargo nextest run --workspace --no-fail-fast "$@"
 log "running the doc tests"
 cargo test --workspace --doc
+log "smoke-running the router benchmark harness (debug build, seconds; checks it yields numbers)"
+benches/router-overhead.sh --smoke

@@ -130,9 +130,15 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Options { reload: Some(ConfigLoader::from_overrides(overrides(args), &source)), metrics };
     // One process-wide TLS provider; the libraries also pass theirs explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime, so a request never crosses threads (no
+    // work-stealing, no cross-thread wake-ups); inference has its own threads anyway.
+    let mut runtime = if config.server.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     runtime.enable_all();
-    if config.server.workers > 0 {
+    if config.server.workers > 1 {
         runtime.worker_threads(config.server.workers);
     }
     let runtime = match runtime.build() {

@@ -1,0 +1,458 @@
+//! `switchyard-load`: a load generator that sees what a streaming client sees.
+//!
+//! wrk times whole responses; a chat client cares about the time to the first body
+//! byte and the gaps between chunks, and an operator about how many streams a router
+//! holds open at once. Each connection is its own HTTP/1.1 keep-alive connection (as
+//! wrk's are), so the figures compare with wrk's.
+//!
+//! ```text
+//! switchyard-load --url http://127.0.0.1:8080/v1/chat/completions
+//!                 [--connections 16] [--duration-s 10] [--model mock-model]
+//!                 [--stream] [--hold] [--connect-parallelism 256]
+//! ```
+//!
+//! * Rate mode (default): every connection sends requests back to back until the
+//!   duration is over.
+//! * Hold mode (`--hold`, implies `--stream`): every connection sends one streaming
+//!   request; once every stream has its first chunk the tool prints `open N` on its own
+//!   line (so a script can sample the proxy's memory while they are all open), then
+//!   reads every stream to its end.
+//!
+//! Both end with one line of `key=value` pairs: `requests errors rps`, and for the
+//! whole response, the first body chunk and the gaps between chunks, p50 and p99 in
+//! milliseconds (`total_p50_ms ttfb_p99_ms gap_p50_ms ...`). Exit status 1 when any
+//! request failed.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool reports on stdio"
+)]
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore};
+
+const USAGE: &str = "usage: switchyard-load --url URL [--connections N] [--duration-s N] \
+[--model NAME] [--stream] [--hold] [--connect-parallelism N]";
+
+/// Command-line settings.
+#[derive(Clone, Debug)]
+struct Args {
+    /// The chat completions URL to load (`http://` only).
+    url: Uri,
+    /// Concurrent connections (default 16).
+    connections: usize,
+    /// How long rate mode runs (default 10 s).
+    duration: Duration,
+    /// The model named in requests (default `mock-model`).
+    model: String,
+    /// Ask for streamed answers.
+    stream: bool,
+    /// Hold mode: one streaming request per connection, all open at once.
+    hold: bool,
+    /// Connections being opened at the same time (default 256), so a burst of
+    /// thousands does not overflow the listener's accept backlog.
+    connect_parallelism: usize,
+}
+
+/// What one connection saw.
+#[derive(Default)]
+struct Samples {
+    requests: u64,
+    errors: u64,
+    /// Whole responses, microseconds.
+    total: Vec<u32>,
+    /// Time to the first body chunk, microseconds.
+    ttfb: Vec<u32>,
+    /// Gaps between body chunks, microseconds.
+    gaps: Vec<u32>,
+}
+
+impl Samples {
+    fn merge(&mut self, other: Samples) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.total.extend(other.total);
+        self.ttfb.extend(other.ttfb);
+        self.gaps.extend(other.gaps);
+    }
+}
+
+/// Shared by the connections of a hold run.
+struct Hold {
+    first_chunks: AtomicUsize,
+    all_open: Notify,
+    release: Notify,
+}
+
+fn main() {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}\n{USAGE}");
+            std::process::exit(64);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let stream = args.stream;
+    let result = runtime.map_err(|e| e.to_string()).and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(summary) => {
+            println!("{}", summary.line);
+            if stream && summary.first_chunks > 0 && summary.gaps == 0 {
+                eprintln!("switchyard-load: every stream arrived in one chunk: something buffers");
+            }
+            if summary.errors > 0 || summary.requests == 0 {
+                std::process::exit(1);
+            }
+        }
+        Err(message) => {
+            eprintln!("switchyard-load: {message}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// What a run measured.
+struct Summary {
+    requests: u64,
+    errors: u64,
+    /// Streams that had their first chunk (and, in hold mode, were open at once).
+    first_chunks: usize,
+    gaps: usize,
+    /// The `key=value` line printed at the end.
+    line: String,
+}
+
+/// Run the load.
+async fn run(args: Args) -> Result<Summary, String> {
+    let authority = args.url.authority().ok_or("--url needs a host and port")?.clone();
+    if args.url.scheme_str() != Some("http") {
+        return Err("--url must be http://".to_owned());
+    }
+    let body = Bytes::from(request_body(&args.model, args.stream));
+    let args = Arc::new(args);
+    let connect = Arc::new(Semaphore::new(args.connect_parallelism.max(1)));
+    let hold = Arc::new(Hold {
+        first_chunks: AtomicUsize::new(0),
+        all_open: Notify::new(),
+        release: Notify::new(),
+    });
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut tasks = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        let (args, body, connect, hold) =
+            (Arc::clone(&args), body.clone(), Arc::clone(&connect), Arc::clone(&hold));
+        let authority = authority.to_string();
+        tasks.push(tokio::spawn(async move {
+            connection(&args, &authority, body, &connect, &hold, deadline).await
+        }));
+    }
+    if args.hold {
+        let opened = tokio::time::timeout(Duration::from_secs(120), hold.all_open.notified()).await;
+        let open = hold.first_chunks.load(Ordering::Acquire);
+        println!("open {open}");
+        let _ = std::io::stdout().flush();
+        if opened.is_err() {
+            eprintln!("switchyard-load: only {open} of {} streams opened", args.connections);
+        }
+        hold.release.notify_waiters();
+    }
+    let mut all = Samples::default();
+    for task in tasks {
+        match task.await {
+            Ok(samples) => all.merge(samples),
+            Err(e) => return Err(format!("a connection task failed: {e}")),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    #[allow(clippy::cast_precision_loss, reason = "a request count fits an f64")]
+    let rps = all.requests as f64 / elapsed.max(1e-9);
+    let (first_chunks, gaps) = (all.ttfb.len(), all.gaps.len());
+    let line = format!(
+        "requests={} errors={} rps={rps:.0} total_p50_ms={} total_p99_ms={} ttfb_p50_ms={} \
+         ttfb_p99_ms={} gap_p50_ms={} gap_p99_ms={}",
+        all.requests,
+        all.errors,
+        percentile_ms(&mut all.total, 50.0),
+        percentile_ms(&mut all.total, 99.0),
+        percentile_ms(&mut all.ttfb, 50.0),
+        percentile_ms(&mut all.ttfb, 99.0),
+        percentile_ms(&mut all.gaps, 50.0),
+        percentile_ms(&mut all.gaps, 99.0),
+    );
+    Ok(Summary { requests: all.requests, errors: all.errors, first_chunks, gaps, line })
+}
+
+/// One connection: requests back to back until the deadline (or one, held).
+async fn connection(
+    args: &Args,
+    authority: &str,
+    body: Bytes,
+    connect: &Semaphore,
+    hold: &Hold,
+    deadline: Instant,
+) -> Samples {
+    let mut samples = Samples::default();
+    let sender = {
+        let Ok(_permit) = connect.acquire().await else { return samples };
+        open(authority).await
+    };
+    let mut sender = match sender {
+        Ok(sender) => sender,
+        Err(message) => {
+            eprintln!("switchyard-load: {message}");
+            samples.errors += 1;
+            if args.hold {
+                count_open(args, hold);
+            }
+            return samples;
+        }
+    };
+    loop {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(args.url.path())
+            .header(header::HOST, authority)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body.clone()));
+        let Ok(request) = request else {
+            samples.errors += 1;
+            return samples;
+        };
+        let sent = Instant::now();
+        let ok = exchange(&mut sender, request, sent, args, hold, &mut samples).await;
+        samples.requests += 1;
+        if ok {
+            samples.total.push(micros(sent.elapsed()));
+        } else {
+            samples.errors += 1;
+        }
+        if args.hold || !ok || Instant::now() >= deadline {
+            return samples;
+        }
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn open(authority: &str) -> Result<Sender, String> {
+    let stream =
+        TcpStream::connect(authority).await.map_err(|e| format!("connect {authority}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// Send one request and read its body, recording the chunk timings; `false` on any
+/// failure (transport error, a status other than 200).
+async fn exchange(
+    sender: &mut Sender,
+    request: Request<Full<Bytes>>,
+    sent: Instant,
+    args: &Args,
+    hold: &Hold,
+    samples: &mut Samples,
+) -> bool {
+    let mut first = true;
+    let ok = async {
+        sender.ready().await.ok()?;
+        let response = sender.send_request(request).await.ok()?;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        let mut body = response.into_body();
+        let mut last = sent;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.ok()?;
+            if frame.data_ref().is_none_or(Bytes::is_empty) {
+                continue;
+            }
+            let now = Instant::now();
+            if first {
+                first = false;
+                samples.ttfb.push(micros(now - sent));
+                if args.hold {
+                    // Every stream stays open until all of them are.
+                    let released = hold.release.notified();
+                    count_open(args, hold);
+                    released.await;
+                }
+            } else {
+                samples.gaps.push(micros(now - last));
+            }
+            last = Instant::now();
+        }
+        Some(())
+    }
+    .await
+    .is_some();
+    if first && args.hold {
+        // Failed before its first chunk: count it, so the others are not held forever.
+        count_open(args, hold);
+    }
+    ok
+}
+
+fn count_open(args: &Args, hold: &Hold) {
+    if hold.first_chunks.fetch_add(1, Ordering::AcqRel) + 1 == args.connections {
+        hold.all_open.notify_one();
+    }
+}
+
+fn request_body(model: &str, stream: bool) -> Vec<u8> {
+    serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Hello"}],
+        "max_tokens": 16,
+        "stream": stream,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// The `p`th percentile (nearest rank) of microsecond samples, in milliseconds with
+/// three decimals; `n/a` without samples.
+fn percentile_ms(samples: &mut [u32], p: f64) -> String {
+    if samples.is_empty() {
+        return "n/a".to_owned();
+    }
+    samples.sort_unstable();
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a rank within the sample count"
+    )]
+    let rank = ((p / 100.0 * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+    format!("{:.3}", f64::from(samples[rank - 1]) / 1000.0)
+}
+
+fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut url = None;
+    let mut args = Args {
+        url: Uri::from_static("http://127.0.0.1/"),
+        connections: 16,
+        duration: Duration::from_secs(10),
+        model: switchyard_test_support::DEFAULT_MODEL.to_owned(),
+        stream: false,
+        hold: false,
+        connect_parallelism: 256,
+    };
+    while let Some(flag) = argv.next() {
+        match flag.as_str() {
+            "--help" | "-h" => return Err("switchyard-load: a streaming load generator".to_owned()),
+            "--stream" => {
+                args.stream = true;
+                continue;
+            }
+            "--hold" => {
+                args.hold = true;
+                args.stream = true;
+                continue;
+            }
+            _ => {}
+        }
+        let value = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = |v: &str| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--url" => url = Some(value.parse::<Uri>().map_err(|e| format!("{flag}: {e}"))?),
+            "--connections" => args.connections = number(&value)? as usize,
+            "--duration-s" => args.duration = Duration::from_secs(number(&value)?),
+            "--model" => args.model = value,
+            "--connect-parallelism" => args.connect_parallelism = number(&value)? as usize,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    args.url = url.ok_or("--url is required")?;
+    if args.connections == 0 {
+        return Err("--connections must be at least 1".to_owned());
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Args, String> {
+        parse_args(list.iter().map(|s| (*s).to_owned()))
+    }
+
+    #[test]
+    fn flags_parse_and_bad_flags_are_named() {
+        let a = args(&["--url", "http://127.0.0.1:9/v1/chat/completions", "--hold"]).unwrap();
+        assert!(a.hold && a.stream);
+        assert_eq!(a.url.path(), "/v1/chat/completions");
+        assert_eq!(a.connections, 16);
+        let a = args(&["--url", "http://h:1/", "--connections", "3", "--duration-s", "2"]).unwrap();
+        assert_eq!((a.connections, a.duration, a.stream), (3, Duration::from_secs(2), false));
+        assert!(args(&[]).unwrap_err().contains("--url is required"));
+        assert!(args(&["--url", "http://h:1/", "--bogus", "1"]).unwrap_err().contains("--bogus"));
+        assert!(
+            args(&["--url", "http://h:1/", "--connections", "0"])
+                .unwrap_err()
+                .contains("at least 1")
+        );
+        assert!(
+            args(&["--url", "http://h:1/", "--connections"]).unwrap_err().contains("needs a value")
+        );
+    }
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let mut samples: Vec<u32> = (1..=100).map(|ms| ms * 1000).collect();
+        assert_eq!(percentile_ms(&mut samples, 50.0), "50.000");
+        assert_eq!(percentile_ms(&mut samples, 99.0), "99.000");
+        assert_eq!(percentile_ms(&mut [1500], 99.0), "1.500");
+        assert_eq!(percentile_ms(&mut [], 50.0), "n/a");
+    }
+
+    /// Rate and hold mode against the in-process mock, streaming with chunk gaps.
+    #[tokio::test]
+    async fn measures_first_chunks_gaps_and_holds_streams_open() {
+        let mock = switchyard_test_support::MockUpstream::start(
+            switchyard_test_support::Script::ok().chunks(3),
+        )
+        .await
+        .unwrap();
+        let url = format!("{}/v1/chat/completions", mock.url());
+        let mut rate =
+            args(&["--url", &url, "--connections", "2", "--duration-s", "0", "--stream"]).unwrap();
+        rate.duration = Duration::from_millis(200);
+        let summary = run(rate).await.unwrap();
+        assert_eq!(summary.errors, 0);
+        assert!(summary.requests >= 2, "back to back on both connections: {}", summary.line);
+        assert_eq!(summary.first_chunks as u64, summary.requests);
+        // The mock sends a role chunk, three content chunks, a finish chunk and [DONE].
+        assert!(summary.gaps as u64 >= 3 * summary.requests, "{}", summary.line);
+        assert!(summary.line.starts_with(&format!("requests={} errors=0 rps=", summary.requests)));
+        assert!(!summary.line.contains("n/a"), "{}", summary.line);
+
+        let hold = args(&["--url", &url, "--connections", "20", "--hold"]).unwrap();
+        let summary = run(hold).await.unwrap();
+        assert_eq!((summary.requests, summary.errors, summary.first_chunks), (20, 0, 20));
+
+        let refused = args(&["--url", "http://127.0.0.1:1/v1/chat/completions"]).unwrap();
+        let summary = run(refused).await.unwrap();
+        assert_eq!((summary.requests, summary.errors), (0, 16), "a refused connection fails");
+        assert!(summary.line.contains("ttfb_p50_ms=n/a"));
+    }
+}
