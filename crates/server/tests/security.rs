@@ -569,3 +569,34 @@ async fn the_overhead_header_is_opt_in_and_excludes_the_upstream() {
         !plain.post(CHAT, &chat("m", false)).await.headers.contains_key("x-switchyard-overhead-us")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_models_also_bind_the_messages_and_simple_apis() {
+    let mock = MockUpstream::start(Script::ok()).await.unwrap();
+    let yaml = format!(
+        r#"server: {{ bind_address: "127.0.0.1:0" }}
+backends:
+{}auth:
+  api_keys: [{{ key: "sk-narrow-key", name: narrow, models: [m1] }}]
+"#,
+        backend("a", &mock, "m1, m2")
+    );
+    let router = router(&yaml).await;
+    let key = [("x-api-key", "sk-narrow-key")];
+    let messages = |model: &str| json!({"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    for path in ["/v1/messages", "/v1/messages/count_tokens"] {
+        let refused = router.post_with(path, &messages("m2"), &key).await;
+        assert_eq!(refused.status, 403, "{path}: {}", refused.text());
+        let anonymous = router.post(path, &messages("m1")).await;
+        assert_eq!(anonymous.status, 401, "{path}: {}", anonymous.text());
+    }
+    let quick = router.post_with("/api/quick", &json!({"prompt": "hi", "model": "m2"}), &key).await;
+    quick.assert_error(403, "forbidden");
+    assert_eq!(mock.request_count_for(CHAT), 0, "nothing refused reached the upstream");
+
+    let allowed = router.post_with("/v1/messages", &messages("m1"), &key).await;
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+    let quick = router.post_with("/api/quick", &json!({"prompt": "hi", "model": "m1"}), &key).await;
+    assert_eq!(quick.status, 200, "{}", quick.text());
+    assert_eq!(mock.request_count_for(CHAT), 2);
+}
