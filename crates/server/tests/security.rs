@@ -600,3 +600,40 @@ backends:
     assert_eq!(quick.status, 200, "{}", quick.text());
     assert_eq!(mock.request_count_for(CHAT), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_verifies_certificates_and_trusts_a_backend_ca_file() {
+    // The upstream is a second router terminating TLS with a self-signed certificate
+    // (in front of a plain mock): unknown to the webpki roots, known through `ca_file`.
+    let dir = tempfile::tempdir().unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let mock = MockUpstream::start(Script::ok()).await.unwrap();
+    let upstream = router(&format!(
+        "server: {{ bind_address: \"127.0.0.1:0\", tls: {{ cert: \"{}\", key: \"{}\" }} }}\nbackends:\n{}",
+        cert.display(),
+        key.display(),
+        backend("plain", &mock, "m")
+    ))
+    .await;
+    let https = format!("https://127.0.0.1:{}", upstream.addr.port());
+    let front = |ca_file: &str| {
+        format!(
+            "server: {{ bind_address: \"127.0.0.1:0\" }}\nrequest: {{ max_retries: 0 }}\nbackends:\n  - {{ name: tls, url: \"{https}\", models: [m], health_check: {{ enabled: false }}{ca_file} }}\n"
+        )
+    };
+
+    let unverified = router(&front("")).await;
+    let refused = unverified.post(CHAT, &chat("m", false)).await;
+    assert!([502, 503].contains(&refused.status.as_u16()), "{} {}", refused.status, refused.text());
+    assert_eq!(mock.request_count_for(CHAT), 0, "nothing went through an unverified connection");
+
+    let trusted = router(&front(&format!(", ca_file: \"{}\"", cert.display()))).await;
+    let ok = trusted.post(CHAT, &chat("m", false)).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(mock.request_count_for(CHAT), 1);
+}
