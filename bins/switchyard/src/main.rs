@@ -1,15 +1,19 @@
 //! `switchyard`: the command line. Parses arguments, loads the configuration (exit 64
-//! when it is invalid), sets up logging and TLS, and hands over to
-//! `switchyard_server::run`. Nothing else lives here.
+//! when it is invalid), sets up logging, the Prometheus exporter and TLS, and hands over
+//! to `switchyard_server::run_with`. Nothing else lives here.
 
 // A command line prints its results and its errors: that is its interface.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use switchyard_config::{BackendType, Config, LogFormat, LoggingConfig, Overrides};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use switchyard_config::{BackendType, Config, ConfigSource, LogFormat, LoggingConfig, Overrides};
+use switchyard_server::{ConfigLoader, MetricsRender, Options};
 
 /// mimalloc instead of glibc malloc: per-request allocations on several threads made
 /// glibc's arena locks and consolidation visible in profiles (see docs/benchmarks.md).
@@ -97,7 +101,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Config(ConfigCommand::Print(args)) => match load(&args) {
-            Ok(config) => {
+            Ok((config, _)) => {
                 print!("{}", config.to_masked_yaml());
                 ExitCode::SUCCESS
             }
@@ -110,15 +114,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
-    let overrides = Overrides {
+fn overrides(args: &ServeArgs) -> Overrides {
+    Overrides {
         config_path: args.config.clone(),
         bind_address: args.bind.clone(),
         model_path: args.model.clone(),
         log_level: args.log_level.clone(),
-    };
-    match Config::load(&overrides) {
-        Ok((config, _source)) => Ok(config),
+    }
+}
+
+fn load(args: &ServeArgs) -> Result<(Config, ConfigSource), ExitCode> {
+    match Config::load(&overrides(args)) {
+        Ok(loaded) => Ok(loaded),
         Err(error) => {
             eprintln!("invalid configuration\n{error}");
             Err(ExitCode::from(EXIT_CONFIG))
@@ -127,12 +134,15 @@ fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
-    let config = match load(args) {
-        Ok(config) => config,
+    let (config, source) = match load(args) {
+        Ok(loaded) => loaded,
         Err(code) => return code,
     };
     init_tracing(&config.logging);
     huge_pages(config.backends.iter().any(|b| b.kind == BackendType::Local));
+    let metrics = if config.metrics.enabled { install_metrics() } else { None };
+    let options =
+        Options { reload: Some(ConfigLoader::from_overrides(overrides(args), &source)), metrics };
     // One process-wide TLS provider; the libraries also pass theirs explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // One worker: a current-thread runtime, so a request never crosses threads (no
@@ -153,7 +163,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(switchyard_server::run(config)) {
+    match runtime.block_on(switchyard_server::run_with(config, options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "switchyard stopped");
@@ -163,13 +173,54 @@ fn serve(args: &ServeArgs) -> ExitCode {
     }
 }
 
+/// Install the Prometheus recorder (histograms with buckets, so dashboards can take
+/// quantiles across instances) and return what `/metrics` renders with.
+fn install_metrics() -> Option<MetricsRender> {
+    const SECONDS: &[f64] = &[
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    ];
+    const RATES: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("tokens_per_second".into()), RATES));
+    let handle = match builder.and_then(PrometheusBuilder::install_recorder) {
+        Ok(handle) => handle,
+        Err(error) => {
+            tracing::warn!(%error, "cannot install the metrics exporter; /metrics is off");
+            return None;
+        }
+    };
+    switchyard_server::describe_metrics();
+    // Histograms are drained into their buckets by upkeep: do it between scrapes too.
+    let upkeep = handle.clone();
+    let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(5));
+            upkeep.run_upkeep();
+        }
+    });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start metrics upkeep; it runs at each scrape only");
+    }
+    Some(Arc::new(move || {
+        handle.run_upkeep();
+        handle.render()
+    }))
+}
+
 fn init_tracing(logging: &LoggingConfig) {
     use tracing_subscriber::EnvFilter;
     // RUST_LOG wins over the configured level, for debugging sessions.
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&logging.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: a journal or a log file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match logging.format {
         LogFormat::Json => builder.json().init(),
         _ => builder.init(),

@@ -53,6 +53,8 @@ pub(crate) struct Answer {
     pub(crate) index: usize,
     /// The model that answered, as a header value.
     pub(crate) model: http::HeaderValue,
+    /// The model that answered (logs and metrics).
+    pub(crate) name: Arc<str>,
     /// The endpoint the backend was asked (the job's own, or its alternate's).
     pub(crate) endpoint: Endpoint,
 }
@@ -78,11 +80,25 @@ struct Tracked {
     backend: BackendId,
     stats: Option<InFlight>,
     started: Instant,
+    /// `backend_request_duration_seconds` of this backend, recorded at the end.
+    duration: Option<metrics::Histogram>,
 }
 
 impl Job {
     /// Try the plan's candidates until one answers.
     pub(crate) async fn run(self) -> Result<Answer, ApiError> {
+        self.run_timed().await.0
+    }
+
+    /// [`run`](Self::run), also returning the time spent waiting on upstreams and retry
+    /// backoff (what the router's overhead excludes).
+    pub(crate) async fn run_timed(self) -> (Result<Answer, ApiError>, std::time::Duration) {
+        let mut waited = std::time::Duration::ZERO;
+        let result = self.attempt(&mut waited).await;
+        (result, waited)
+    }
+
+    async fn attempt(self, waited: &mut std::time::Duration) -> Result<Answer, ApiError> {
         let Job { state, endpoint, body, meta, key, forward, plan, alternate } = self;
         // Which shape of the request `backend` takes, if any.
         let shape = |backend: &dyn switchyard_core::Backend| {
@@ -99,6 +115,7 @@ impl Job {
         let max_attempts = state.settings.retry.max_retries as usize + 1;
         let mut attempts = 0;
         let mut supported = false;
+        let mut limited: Option<std::time::Duration> = None;
         let mut last: Option<Failure> = None;
         'plan: for step in &plan.steps {
             let route = &step.route;
@@ -123,14 +140,23 @@ impl Job {
                 let backend = &state.spec.backends[index].backend;
                 let id = backend.id();
                 let Some((asked, request_body, request_meta)) = shape(&**backend) else { continue };
+                if let Err(refused) = state.limits.check_backend(index).await {
+                    crate::metrics::metrics().rate_limited(refused.scope);
+                    let wait = limited.map_or(refused.retry_after, |w| w.min(refused.retry_after));
+                    limited = Some(wait);
+                    continue;
+                }
                 let Some(admission) = route.health.admit(id) else { continue };
                 if attempts > 0 {
                     if !state.budget.try_withdraw() {
                         tracing::debug!(backend = %id, "retry budget exhausted");
                         break 'plan;
                     }
-                    tokio::time::sleep(state.settings.retry.backoff(attempts as u32 - 1)).await;
+                    let backoff = state.settings.retry.backoff(attempts as u32 - 1);
+                    tokio::time::sleep(backoff).await;
+                    *waited += backoff;
                 }
+                let metrics = &state.backend_metrics[index];
                 attempts += 1;
                 let mut stats = route.selector.start(i);
                 let request = BackendRequest {
@@ -141,9 +167,13 @@ impl Job {
                     headers: forward.clone(),
                 };
                 let started = Instant::now();
-                let response = match backend.send(request).await {
+                let sent = backend.send(request).await;
+                *waited += started.elapsed();
+                let response = match sent {
                     Ok(response) => response,
                     Err(error) => {
+                        metrics.failed.increment(1);
+                        metrics.duration.record(started.elapsed().as_secs_f64());
                         if error.code == ErrorCode::Overloaded {
                             // A full queue (the local model's scheduler) says nothing
                             // about health: the next request may well fit. Drop the
@@ -163,7 +193,11 @@ impl Job {
                     }
                 };
                 let head = started.elapsed();
+                if !response.status.is_success() {
+                    metrics.error_status.increment(1);
+                }
                 if retryable_status(response.status) {
+                    metrics.duration.record(head.as_secs_f64());
                     let wait = switchyard_backends::retry_after(&response.headers);
                     admission.record(Outcome::from_status(response.status.as_u16(), wait), head);
                     stats.failure();
@@ -173,6 +207,10 @@ impl Job {
                 }
                 let response = match response.body {
                     ResponseBody::Full(_) => {
+                        if response.status.is_success() {
+                            metrics.ok.increment(1);
+                        }
+                        metrics.duration.record(head.as_secs_f64());
                         admission
                             .record(Outcome::from_status(response.status.as_u16(), None), head);
                         stats.record_latency(head);
@@ -182,6 +220,10 @@ impl Job {
                     ResponseBody::Stream(stream) => match first_chunk(stream).await {
                         Ok(stream) => {
                             let first = started.elapsed();
+                            *waited += first.saturating_sub(head);
+                            if response.status.is_success() {
+                                metrics.ok.increment(1);
+                            }
                             admission.record(Outcome::Success, first);
                             stats.record_latency(first);
                             let tracked = Tracked {
@@ -190,6 +232,7 @@ impl Job {
                                 backend: id.clone(),
                                 stats: Some(stats),
                                 started,
+                                duration: Some(metrics.duration.clone()),
                             };
                             BackendResponse {
                                 body: ResponseBody::Stream(Box::pin(tracked)),
@@ -197,6 +240,9 @@ impl Job {
                             }
                         }
                         Err(error) => {
+                            *waited += started.elapsed().saturating_sub(head);
+                            metrics.failed.increment(1);
+                            metrics.duration.record(started.elapsed().as_secs_f64());
                             admission.record(
                                 Outcome::Failure(FailureKind::Interrupted),
                                 started.elapsed(),
@@ -212,6 +258,7 @@ impl Job {
                     response,
                     index,
                     model: route.model_header.clone(),
+                    name: route.model.clone(),
                     endpoint: asked,
                 });
             }
@@ -221,9 +268,18 @@ impl Job {
                 response,
                 index,
                 model: plan.steps[0].route.model_header.clone(),
+                name: plan.steps[0].route.model.clone(),
                 endpoint,
             }),
             Some(Failure::Error(error)) => Err(error),
+            None if limited.is_some() => {
+                let mut error = ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!("every backend of `{}` is at its rate limit", meta.model),
+                );
+                error.retry_after = limited;
+                Err(error)
+            }
             None if supported => Err(ApiError::new(
                 ErrorCode::NoHealthyBackend,
                 format!("no healthy backend can serve `{}` right now", meta.model),
@@ -293,6 +349,9 @@ impl Stream for Tracked {
             Poll::Ready(Some(Err(_))) => {
                 // A cut stream is a failure of its backend.
                 let elapsed = this.started.elapsed();
+                if let Some(duration) = this.duration.take() {
+                    duration.record(elapsed.as_secs_f64());
+                }
                 this.health.record(
                     &this.backend,
                     Outcome::Failure(FailureKind::Interrupted),
@@ -303,6 +362,9 @@ impl Stream for Tracked {
                 }
             }
             Poll::Ready(None) => {
+                if let Some(duration) = this.duration.take() {
+                    duration.record(this.started.elapsed().as_secs_f64());
+                }
                 if let Some(stats) = this.stats.take() {
                     stats.success();
                 }

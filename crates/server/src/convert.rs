@@ -41,7 +41,29 @@ pub fn server_settings(config: &Config) -> ServerSettings {
         health: health_settings(config),
         routing: strategy_settings(config),
         cache: cache_settings(config),
+        auth: crate::auth::AuthSettings {
+            mode: config.auth.mode,
+            api_keys: config.auth.api_keys.clone(),
+            admin_api_key: config.auth.admin_api_key.clone(),
+        },
+        rate_limit: config.rate_limit.clone(),
+        metrics: config.metrics.clone(),
+        admin: config.admin.clone(),
+        tls: server.tls.clone(),
+        expose_overhead_header: server.expose_overhead_header,
     }
+}
+
+/// [`server_settings`] plus the keys of `auth.api_keys_file`, read now: what start-up
+/// and every reload use.
+pub(crate) fn load_settings(config: &Config) -> Result<ServerSettings> {
+    let mut settings = server_settings(config);
+    if let Some(file) = &config.auth.api_keys_file {
+        let keys = switchyard_config::ApiKeyConfig::load_file(file)
+            .map_err(|e| Error::Config(format!("auth.api_keys_file: {e}")))?;
+        settings.auth.api_keys.extend(keys);
+    }
+    Ok(settings)
 }
 
 /// Model-list cache, de-duplication, response cache and Redis (`cache.*`).
@@ -181,9 +203,32 @@ pub fn client_settings(config: &Config) -> ClientSettings {
 
 /// Build every configured backend and the routing spec.
 pub fn router_spec(config: &Config, factory: &ClientFactory) -> Result<RouterSpec> {
+    router_spec_reusing(config, factory, None)
+}
+
+/// [`router_spec`] for a reloaded configuration: a backend whose configuration is the
+/// same as in the running one (`previous`: the running configuration and its spec) is
+/// reused as it is — its connection pool, its state, the embedded model — instead of
+/// being built again.
+pub(crate) fn router_spec_reusing(
+    config: &Config,
+    factory: &ClientFactory,
+    previous: Option<(&Config, &RouterSpec)>,
+) -> Result<RouterSpec> {
     let mut backends = Vec::with_capacity(config.backends.len());
     for backend in &config.backends {
-        let built = build_backend(config, backend, factory)?;
+        let reused = previous.and_then(|(old, spec)| {
+            let unchanged = old.request == config.request
+                && old.server.connection_pool_size == config.server.connection_pool_size
+                && old.inference == config.inference
+                && old.backends.iter().any(|b| b == backend);
+            let found = spec.backends.iter().find(|b| b.backend.id().as_str() == backend.name);
+            found.filter(|_| unchanged).map(|b| b.backend.clone())
+        });
+        let built = match reused {
+            Some(backend) => backend,
+            None => build_backend(config, backend, factory)?,
+        };
         let weight = config.routing.weight_for(backend);
         backends.push(BackendSpec {
             backend: built,

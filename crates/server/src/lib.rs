@@ -35,19 +35,29 @@
 
 mod admin;
 mod attempts;
+mod auth;
 mod body;
 mod convert;
 mod error;
+mod gate;
 mod messages;
+pub mod metrics;
+mod observe;
 mod proxy;
+mod ratelimit;
+mod reload;
 mod routes;
 mod server;
 mod service;
 mod simple;
 mod state;
+mod tls;
 
+pub use auth::AuthSettings;
 pub use convert::{client_settings, router_spec, server_settings};
 pub use error::{Error, Result};
+pub use metrics::{MetricsRender, describe as describe_metrics};
+pub use reload::ConfigLoader;
 pub use routes::{BackendSpec, RouterSpec};
-pub use server::{Server, run, shutdown_signal};
+pub use server::{Options, Server, run, run_with, shutdown_signal};
 pub use state::ServerSettings;

@@ -24,6 +24,7 @@ use switchyard_core::{Endpoint, ErrorCode, RequestMeta, ResponseBody};
 use crate::attempts::{Alternate, Answer, Job};
 use crate::body::{Body, Framing};
 use crate::error::{ApiError, status_for};
+use crate::observe::RequestCtx;
 use crate::proxy::{check_content_type, label, read_body, routing_context};
 use crate::state::AppState;
 
@@ -34,9 +35,9 @@ pub(crate) async fn messages(
     state: Arc<AppState>,
     parts: Parts,
     body: Incoming,
-    request_id: HeaderValue,
+    ctx: &mut RequestCtx,
 ) -> Response<Body> {
-    match serve(state, parts, body, request_id).await {
+    match serve(state, parts, body, ctx).await {
         Ok(response) => response,
         Err(error) => error_response(&error),
     }
@@ -48,11 +49,13 @@ pub(crate) async fn count_tokens(
     state: Arc<AppState>,
     parts: Parts,
     body: Incoming,
+    ctx: &RequestCtx,
 ) -> Response<Body> {
     let counted = async {
         check_content_type(&parts.headers)?;
         let bytes = read_body(&state, &parts.headers, body).await?;
         let meta = RequestMeta::parse(Endpoint::AnthropicMessages, &bytes)?;
+        crate::gate::model(&state, ctx, &meta.model)?;
         let plan = state.table().plan(&state.spec, &meta.model)?;
         let chat = messages_to_chat_request(&bytes)?;
         let route = &plan.steps[0].route;
@@ -80,14 +83,16 @@ async fn serve(
     state: Arc<AppState>,
     parts: Parts,
     body: Incoming,
-    request_id: HeaderValue,
+    ctx: &mut RequestCtx,
 ) -> Result<Response<Body>, ApiError> {
     check_content_type(&parts.headers)?;
     let bytes = read_body(&state, &parts.headers, body).await?;
     let meta = RequestMeta::parse(Endpoint::AnthropicMessages, &bytes)?;
+    crate::gate::model(&state, ctx, &meta.model)?;
     let plan = state.table().plan(&state.spec, &meta.model)?;
+    ctx.model = Some(plan.steps[0].route.model.clone());
     let (key, forward) =
-        routing_context(&state, &parts.headers, &meta, request_id, &[ANTHROPIC_BETA]);
+        routing_context(&state, &parts.headers, &meta, ctx.request_id.clone(), &[ANTHROPIC_BETA]);
     // The chat-completion shape, for backends that do not speak the Messages API. If
     // the request cannot be translated, only Messages backends can take it.
     let (alternate, untranslatable) = match messages_to_chat_request(&bytes) {
@@ -117,12 +122,17 @@ async fn serve(
         plan,
         alternate,
     };
-    let answer = match job.run().await {
+    let (answer, waited) = job.run_timed().await;
+    ctx.upstream = waited;
+    let answer = match answer {
         Err(error) if error.code == ErrorCode::Unsupported => {
             return Err(untranslatable.map(ApiError::from).unwrap_or(error));
         }
         other => other?,
     };
+    ctx.proxied = true;
+    ctx.backend = Some(answer.index);
+    ctx.model = Some(answer.name.clone());
     if answer.endpoint == Endpoint::AnthropicMessages {
         return Ok(passthrough(answer, &state));
     }

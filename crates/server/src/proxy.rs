@@ -22,6 +22,7 @@ use switchyard_strategy::RequestKey;
 use crate::attempts::{Answer, Job, status_error};
 use crate::body::{Body, Framing};
 use crate::error::ApiError;
+use crate::observe::RequestCtx;
 use crate::state::AppState;
 
 /// Response header naming the backend that answered.
@@ -43,15 +44,19 @@ pub(crate) async fn proxy(
     endpoint: Endpoint,
     parts: Parts,
     body: Incoming,
-    request_id: HeaderValue,
+    ctx: &mut RequestCtx,
 ) -> Result<Response<Body>, ApiError> {
     check_content_type(&parts.headers)?;
     let bytes = read_body(&state, &parts.headers, body).await?;
     let meta = RequestMeta::parse(endpoint, &bytes)?;
+    crate::gate::model(&state, ctx, &meta.model)?;
     let plan = state.table().plan(&state.spec, &meta.model)?;
-    let (key, forward) = routing_context(&state, &parts.headers, &meta, request_id, &[]);
-    // Tenants arrive with client authentication; until then every client is one tenant.
-    let tenant = "";
+    ctx.model = Some(plan.steps[0].route.model.clone());
+    let (key, forward) =
+        routing_context(&state, &parts.headers, &meta, ctx.request_id.clone(), &[]);
+    // The authenticated key's name (unique among keys): cached answers never cross
+    // keys. Anonymous clients (auth off) share one tenant.
+    let tenant = state.auth.tenant(ctx.caller);
     let cache_plan = state.caches.plan(tenant, endpoint, &meta, &parts.headers, &bytes);
     let job = Job {
         state: state.clone(),
@@ -65,10 +70,21 @@ pub(crate) async fn proxy(
     };
     match cache_plan {
         CachePlan::Bypass => {
-            let answer = job.run().await?;
+            let (answer, waited) = job.run_timed().await;
+            ctx.upstream = waited;
+            let answer = answer?;
+            ctx.proxied = true;
+            ctx.backend = Some(answer.index);
+            ctx.model = Some(answer.name.clone());
             Ok(respond(answer, &state))
         }
-        CachePlan::Share(share) => shared(&state, share, job).await,
+        CachePlan::Share(share) => {
+            let waiting = std::time::Instant::now();
+            let response = shared(&state, share, job).await;
+            ctx.upstream = waiting.elapsed();
+            ctx.proxied = response.is_ok();
+            response
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! The listener: accept loop, HTTP/1.1 + h2c on one port, connection limits, graceful
-//! shutdown, and the background tasks (model discovery).
+//! The listener: accept loop, HTTP/1.1 + h2c on one port (or HTTPS with HTTP/2 by
+//! ALPN), connection limits, graceful shutdown, and the background tasks (model
+//! discovery, pre-warming, configuration reload).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,11 +10,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use switchyard_config::Config;
 use switchyard_health::HealthChecker;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 use crate::error::{Error, Result};
+use crate::metrics::MetricsRender;
+use crate::reload::{ConfigLoader, Live};
 use crate::routes::RouterSpec;
 use crate::service::handle;
 use crate::state::{AppState, ServerSettings};
@@ -21,29 +26,62 @@ use crate::state::{AppState, ServerSettings};
 /// A bound, not yet serving, router.
 pub struct Server {
     listener: TcpListener,
-    state: Arc<AppState>,
-    checker: Option<HealthChecker>,
+    live: Arc<Live>,
+    tls: Option<TlsAcceptor>,
+}
+
+/// What a router started from a configuration needs besides it.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// How to read the configuration again on reload (file watch, `SIGHUP`,
+    /// `POST /admin/config/reload`); `None`: no reload.
+    pub reload: Option<ConfigLoader>,
+    /// Renders `/metrics` (the installed exporter's handle); `None`: no metrics
+    /// endpoint.
+    pub metrics: Option<MetricsRender>,
 }
 
 impl Server {
     /// Bind the listening socket and learn the backends' models (each backend without
     /// configured models is asked through the model cache).
     pub async fn bind(settings: ServerSettings, spec: RouterSpec) -> Result<Self> {
-        let address = settings.bind_address;
-        let listener = TcpListener::bind(address)
-            .await
-            .map_err(|source| Error::Bind { address: address.to_string(), source })?;
-        let state = Arc::new(AppState::new(settings, spec)?);
-        let backends = state.spec.backends.iter().map(|b| b.backend.clone());
-        let checker = HealthChecker::spawn(&state.health, backends)
-            .map_err(|e| Error::Config(e.to_string()))?;
-        // Pre-warm connections whenever a backend becomes healthy (the first passing
-        // probe at start-up included).
-        tokio::spawn(prewarm_on_recovery(state.clone()));
-        // No request meets an unprobed backend: wait for the first round of checks
-        // (each bounded by its timeout) and the first model discovery, concurrently.
-        tokio::join!(checker.ready(), state.discover_models());
-        Ok(Server { listener, state, checker: Some(checker) })
+        let (listener, tls) = listen(&settings).await?;
+        let (state, checker, transitions) = start(settings, spec).await?;
+        let live = Arc::new(Live::fixed(state, Some(checker)));
+        tokio::spawn(prewarm_on_recovery(Arc::downgrade(&live), transitions));
+        Ok(Server { listener, live, tls })
+    }
+
+    /// Bind a router for `config` (the key file read, every backend built), able to
+    /// reload it through `options.reload`.
+    pub async fn from_config(config: Config, options: Options) -> Result<Self> {
+        let factory =
+            switchyard_backends::ClientFactory::new(crate::convert::client_settings(&config));
+        let settings = crate::convert::load_settings(&config)?;
+        // Loading the embedded model is blocking work: keep it off the async workers.
+        let (config, factory, spec) = tokio::task::spawn_blocking(move || {
+            let spec = crate::convert::router_spec(&config, &factory);
+            (config, factory, spec)
+        })
+        .await
+        .map_err(|e| Error::Model(format!("loading backends panicked: {e}")))?;
+        let spec = spec?;
+        let (listener, tls) = listen(&settings).await?;
+        let (state, checker, transitions) = start(settings, spec).await?;
+        let live =
+            Arc::new(Live::from_config(state, Some(checker), config, options.reload, factory));
+        if let Some(render) = options.metrics {
+            live.set_render(render);
+        }
+        tokio::spawn(prewarm_on_recovery(Arc::downgrade(&live), transitions));
+        Ok(Server { listener, live, tls })
+    }
+
+    /// Serve `/metrics` through `render` (the installed exporter's handle).
+    #[must_use]
+    pub fn with_metrics(self, render: MetricsRender) -> Self {
+        self.live.set_render(render);
+        self
     }
 
     /// The address actually bound (useful with port 0).
@@ -56,24 +94,19 @@ impl Server {
     /// Serve until `shutdown` resolves, then stop accepting, let in-flight requests
     /// (streams included) finish within the grace period, and return.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let Server { listener, state, checker } = self;
-        let settings = state.settings.clone();
-        let refresher = tokio::spawn(refresh_models(state.clone()));
-
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(settings.header_read_timeout)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(settings.keepalive_timeout / 3))
-            .keep_alive_timeout(settings.keepalive_timeout.min(std::time::Duration::from_secs(20)));
+        let Server { listener, live, tls } = self;
+        let mut state = live.state();
+        let max_connections = state.settings.max_connections.max(1);
+        let mut tasks = vec![tokio::spawn(refresh_models(Arc::downgrade(&live)))];
+        if live.can_reload() {
+            tasks.push(tokio::spawn(crate::reload::watch_files(Arc::downgrade(&live))));
+            tasks.push(tokio::spawn(crate::reload::reload_on_hangup(Arc::downgrade(&live))));
+        }
+        let mut builder = connection_builder(&state.settings);
+        let active = crate::metrics::metrics().active_connections.clone();
 
         let graceful = GracefulShutdown::new();
-        let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+        let slots = Arc::new(Semaphore::new(max_connections));
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -98,41 +131,150 @@ impl Server {
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
-            let state = state.clone();
-            let service = service_fn(move |request| handle(state.clone(), request));
-            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
+            // Connection settings follow reloads; each connection keeps the ones it
+            // started with.
+            let current = live.state();
+            if !Arc::ptr_eq(&current, &state) {
+                if current.settings.header_read_timeout != state.settings.header_read_timeout
+                    || current.settings.keepalive_timeout != state.settings.keepalive_timeout
+                {
+                    builder = connection_builder(&current.settings);
                 }
-                drop(permit);
-            });
+                state = current;
+            }
+            let live = live.clone();
+            let ip = peer.ip();
+            let service = service_fn(move |request| handle(live.clone(), ip, request));
+            let open = Open::new(&active, permit);
+            match &tls {
+                None => {
+                    let connection =
+                        builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(%peer, %error, "connection ended with an error");
+                        }
+                        drop(open);
+                    });
+                }
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    let limit = state.settings.header_read_timeout;
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move {
+                        let stream = match tokio::time::timeout(limit, handshake).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%peer, %error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let connection = builder.serve_connection(TokioIo::new(stream), service);
+                        if let Err(error) = watcher.watch(connection.into_owned()).await {
+                            tracing::debug!(%peer, %error, "connection ended with an error");
+                        }
+                        drop(open);
+                    });
+                }
+            }
         }
         drop(listener);
-        refresher.abort();
-        if let Some(checker) = checker {
-            checker.shutdown().await;
+        for task in tasks {
+            task.abort();
         }
+        live.stop_checks().await;
+        let grace = live.state().settings.shutdown_grace_period;
         tracing::info!("shutting down: draining in-flight requests");
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections drained"),
-            () = tokio::time::sleep(settings.shutdown_grace_period) => {
-                tracing::warn!(grace = ?settings.shutdown_grace_period, "grace period over; closing remaining connections");
+            () = tokio::time::sleep(grace) => {
+                tracing::warn!(?grace, "grace period over; closing remaining connections");
             }
         }
         Ok(())
     }
 }
 
+/// One open client connection: counted in `active_connections`, holding its slot.
+struct Open {
+    gauge: metrics::Gauge,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Open {
+    fn new(gauge: &metrics::Gauge, permit: tokio::sync::OwnedSemaphorePermit) -> Open {
+        gauge.increment(1.0);
+        Open { gauge: gauge.clone(), _permit: permit }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+    }
+}
+
+/// Bind the listener and, with `server.tls`, load the certificate.
+async fn listen(settings: &ServerSettings) -> Result<(TcpListener, Option<TlsAcceptor>)> {
+    let tls = settings.tls.as_ref().map(crate::tls::acceptor).transpose()?;
+    let address = settings.bind_address;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| Error::Bind { address: address.to_string(), source })?;
+    Ok((listener, tls))
+}
+
+/// Build the state, start health checks, and wait for the first round of checks (each
+/// bounded by its timeout) and the first model discovery, so no request meets an
+/// unprobed backend.
+async fn start(
+    settings: ServerSettings,
+    spec: RouterSpec,
+) -> Result<(AppState, HealthChecker, Transitions)> {
+    let state = AppState::new(settings, spec)?;
+    // Subscribed before the first probes, so the first recoveries pre-warm too.
+    let transitions = state.health.subscribe();
+    let backends = state.spec.backends.iter().map(|b| b.backend.clone());
+    let checker =
+        HealthChecker::spawn(&state.health, backends).map_err(|e| Error::Config(e.to_string()))?;
+    tokio::join!(checker.ready(), state.discover_models());
+    Ok((state, checker, transitions))
+}
+
+type Transitions = tokio::sync::broadcast::Receiver<switchyard_health::Transition>;
+
+/// The HTTP/1.1 + HTTP/2 connection settings.
+fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(settings.keepalive_timeout / 3))
+        .keep_alive_timeout(settings.keepalive_timeout.min(std::time::Duration::from_secs(20)));
+    builder
+}
+
 /// Connections opened ahead of traffic to a backend that (re)joins.
 const PREWARM_CONNECTIONS: usize = 2;
 
-async fn prewarm_on_recovery(state: Arc<AppState>) {
-    let mut transitions = state.health.subscribe();
+async fn prewarm_on_recovery(live: std::sync::Weak<Live>, mut transitions: Transitions) {
+    // Reloads keep the transition channel: one subscription lasts.
     loop {
         match transitions.recv().await {
             Ok(transition) if transition.is_recovery() => {
+                let Some(live) = live.upgrade() else { return };
+                let state = live.state();
                 let Some(spec) =
                     state.spec.backends.iter().find(|b| *b.backend.id() == transition.backend)
                 else {
@@ -155,14 +297,16 @@ async fn prewarm_on_recovery(state: Arc<AppState>) {
     }
 }
 
-async fn refresh_models(state: Arc<AppState>) {
+async fn refresh_models(live: std::sync::Weak<Live>) {
     // Keep routes current without /v1/models traffic: the model cache refreshes stale
     // lists in the background (stale-while-revalidate) whenever it is looked up.
-    let period = (state.settings.cache.model_cache_ttl / 2).max(std::time::Duration::from_secs(1));
-    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
+        let Some(state) = live.upgrade().map(|live| live.state()) else { return };
+        let period =
+            (state.settings.cache.model_cache_ttl / 2).max(std::time::Duration::from_secs(1));
+        drop(state);
+        tokio::time::sleep(period).await;
+        let Some(state) = live.upgrade().map(|live| live.state()) else { return };
         state.discover_models().await;
         state.caches.purge_expired();
     }
@@ -204,18 +348,16 @@ impl RouterSpec {
 }
 
 /// Run the router a configuration describes until SIGTERM or SIGINT, then drain.
-pub async fn run(config: switchyard_config::Config) -> Result<()> {
-    let factory = switchyard_backends::ClientFactory::new(crate::convert::client_settings(&config));
-    // Loading the embedded model is blocking work: keep it off the async workers.
-    let (config, spec) = tokio::task::spawn_blocking(move || {
-        let spec = crate::convert::router_spec(&config, &factory);
-        (config, spec)
-    })
-    .await
-    .map_err(|e| Error::Model(format!("loading backends panicked: {e}")))?;
-    let spec = spec?;
-    let server = Server::bind(crate::convert::server_settings(&config), spec).await?;
+pub async fn run(config: Config) -> Result<()> {
+    run_with(config, Options::default()).await
+}
+
+/// [`run`] with reload and metrics (what the binary calls).
+pub async fn run_with(config: Config, options: Options) -> Result<()> {
+    let backends = config.backends.len();
+    let tls = config.server.tls.is_some();
+    let server = Server::from_config(config, options).await?;
     let address = server.local_addr()?;
-    tracing::info!(%address, backends = config.backends.len(), "switchyard listening");
+    tracing::info!(%address, backends, tls, "switchyard listening");
     server.serve(shutdown_signal()).await
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::HeaderValue;
 use http::request::Parts;
 use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
@@ -20,6 +19,7 @@ use switchyard_strategy::RequestKey;
 use crate::attempts::{Job, status_error};
 use crate::body::Body;
 use crate::error::ApiError;
+use crate::observe::RequestCtx;
 use crate::proxy::{REQUEST_ID, check_content_type, read_body};
 use crate::service::json as json_response;
 use crate::state::AppState;
@@ -82,7 +82,7 @@ pub(crate) async fn quick(
     state: Arc<AppState>,
     parts: Parts,
     body: Incoming,
-    request_id: HeaderValue,
+    ctx: &mut RequestCtx,
 ) -> Result<Response<Body>, ApiError> {
     check_content_type(&parts.headers)?;
     let bytes = read_body(&state, &parts.headers, body).await?;
@@ -106,9 +106,11 @@ pub(crate) async fn quick(
     });
     let chat = Bytes::from(chat.to_string());
     let meta = RequestMeta::parse(Endpoint::ChatCompletions, &chat)?;
+    crate::gate::model(&state, ctx, &meta.model)?;
     let plan = state.table().plan(&state.spec, &meta.model)?;
+    ctx.model = Some(plan.steps[0].route.model.clone());
     let mut forward = HeaderMap::with_capacity(1);
-    forward.insert(REQUEST_ID, request_id);
+    forward.insert(REQUEST_ID, ctx.request_id.clone());
     let key = RequestKey::from_meta(None, &meta);
     let started = Instant::now();
     let job = Job {
@@ -121,7 +123,12 @@ pub(crate) async fn quick(
         plan,
         alternate: None,
     };
-    let answer = job.run().await?;
+    let (answer, waited) = job.run_timed().await;
+    ctx.upstream = waited;
+    let answer = answer?;
+    ctx.proxied = true;
+    ctx.backend = Some(answer.index);
+    ctx.model = Some(answer.name.clone());
     let status = answer.response.status;
     let ResponseBody::Full(body) = answer.response.body else {
         return Err(ApiError::new(

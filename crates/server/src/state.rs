@@ -13,11 +13,15 @@ use http::HeaderValue;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchyard_cache::{CacheSettings, Caches};
+use switchyard_config::{AdminConfig, MetricsConfig, RateLimitConfig, TlsConfig};
 use switchyard_core::Backend;
 use switchyard_core::openai::{Model, ModelList};
 use switchyard_health::{HealthRegistry, HealthSettings, RetryBudget, RetrySettings};
 use switchyard_strategy::{Selector, StatsRegistry, StrategySettings};
 
+use crate::auth::{Auth, AuthSettings};
+use crate::metrics::BackendMetrics;
+use crate::ratelimit::RateLimiter;
 use crate::routes::{RouteTable, RouterSpec, Routing};
 
 /// Settings of the HTTP server and request pipeline (the server's own settings struct;
@@ -49,6 +53,18 @@ pub struct ServerSettings {
     pub routing: StrategySettings,
     /// Model-list cache, de-duplication, response cache and Redis.
     pub cache: CacheSettings,
+    /// Client API keys and the admin key (`auth`). Default: no keys, auth off.
+    pub auth: AuthSettings,
+    /// Token-bucket rate limits (`rate_limit`). Default: off.
+    pub rate_limit: RateLimitConfig,
+    /// The Prometheus endpoint and its basic auth (`metrics`). Default: `/metrics`, open.
+    pub metrics: MetricsConfig,
+    /// Whether `/admin/*` is served (`admin`). Default: served.
+    pub admin: AdminConfig,
+    /// TLS termination (`server.tls`). Default: none (plain HTTP/1.1 and h2c).
+    pub tls: Option<TlsConfig>,
+    /// Add `x-switchyard-overhead-us` to every response. Default false.
+    pub expose_overhead_header: bool,
 }
 
 /// Everything a request handler needs.
@@ -56,18 +72,25 @@ pub(crate) struct AppState {
     pub(crate) settings: ServerSettings,
     pub(crate) spec: RouterSpec,
     pub(crate) health: HealthRegistry,
-    pub(crate) budget: RetryBudget,
+    pub(crate) budget: Arc<RetryBudget>,
     pub(crate) stats: StatsRegistry,
     table: ArcSwap<RouteTable>,
     discovered: Mutex<HashMap<usize, Arc<[Model]>>>,
     /// Backends without configured models, whose lists come from the model cache.
     discovering: Vec<usize>,
-    pub(crate) caches: Caches,
+    pub(crate) caches: Arc<Caches>,
     /// Each backend's name as a response header value, built once.
     pub(crate) backend_headers: Vec<HeaderValue>,
-    request_ids: RequestIds,
-    /// When this state was built (uptime in `/api/health`).
+    request_ids: Arc<RequestIds>,
+    /// When the first state of this router was built (uptime in `/api/health`; kept
+    /// across reloads).
     pub(crate) started: std::time::Instant,
+    /// Client, admin and metrics credentials.
+    pub(crate) auth: Auth,
+    /// Rate-limit buckets (carried across reloads that do not change them).
+    pub(crate) limits: Arc<RateLimiter>,
+    /// Metric handles per backend, by index into `spec.backends`.
+    pub(crate) backend_metrics: Box<[BackendMetrics]>,
 }
 
 /// Request ids: a per-process random prefix and a counter. Unique, cheap, not secret.
@@ -90,22 +113,73 @@ impl Default for ServerSettings {
             health: HealthSettings::default(),
             routing: StrategySettings::default(),
             cache: CacheSettings::default(),
+            auth: AuthSettings::default(),
+            rate_limit: RateLimitConfig::default(),
+            metrics: MetricsConfig::default(),
+            admin: AdminConfig::default(),
+            tls: None,
+            expose_overhead_header: false,
         }
     }
 }
 
 impl AppState {
     pub(crate) fn new(settings: ServerSettings, spec: RouterSpec) -> crate::Result<Self> {
+        AppState::build(settings, spec, None)
+    }
+
+    /// The state for a reloaded configuration, carrying over what outlives a reload:
+    /// health of backends that stay, strategy statistics, and the caches, retry budget
+    /// and rate-limit buckets when their settings did not change.
+    pub(crate) fn next(&self, settings: ServerSettings, spec: RouterSpec) -> crate::Result<Self> {
+        AppState::build(settings, spec, Some(self))
+    }
+
+    fn build(
+        settings: ServerSettings,
+        spec: RouterSpec,
+        previous: Option<&AppState>,
+    ) -> crate::Result<Self> {
+        let config_error = |e: &dyn std::fmt::Display| crate::Error::Config(e.to_string());
         let ids = spec.backends.iter().map(|b| b.backend.id().clone());
-        let health = HealthRegistry::new(&settings.health, ids)
-            .map_err(|e| crate::Error::Config(e.to_string()))?;
-        let budget = RetryBudget::new(&settings.retry.budget);
-        let stats = StatsRegistry::new();
+        let health = match previous {
+            Some(old) => old.health.reconfigure(&settings.health, ids),
+            None => HealthRegistry::new(&settings.health, ids),
+        }
+        .map_err(|e| config_error(&e))?;
+        let budget = match previous {
+            Some(old) if old.settings.retry.budget == settings.retry.budget => old.budget.clone(),
+            _ => Arc::new(RetryBudget::new(&settings.retry.budget)),
+        };
+        let stats = previous.map_or_else(StatsRegistry::new, |old| old.stats.clone());
         // Validates the strategy settings against the whole backend set (weight keys).
         Selector::new(&settings.routing, &spec.strategy_specs(), &stats)
-            .map_err(|e| crate::Error::Config(e.to_string()))?;
+            .map_err(|e| config_error(&e))?;
         let caches =
-            Caches::new(&settings.cache).map_err(|e| crate::Error::Config(e.to_string()))?;
+            match previous {
+                Some(old) if old.settings.cache == settings.cache => {
+                    // Model lists of backends that left or were rebuilt are stale.
+                    for gone in old.spec.backends.iter().filter(|b| {
+                        !spec.backends.iter().any(|n| Arc::ptr_eq(&n.backend, &b.backend))
+                    }) {
+                        old.caches.models.invalidate(gone.backend.id());
+                    }
+                    old.caches.clone()
+                }
+                _ => Arc::new(Caches::new(&settings.cache).map_err(|e| config_error(&e))?),
+            };
+        let auth = Auth::new(&settings.auth, &settings.metrics.auth)?;
+        let names: Vec<Arc<str>> =
+            spec.backends.iter().map(|b| Arc::from(b.backend.id().as_str())).collect();
+        let limits = match previous {
+            Some(old) if old.limits.same_as(&settings.rate_limit, auth.key_count(), &names) => {
+                old.limits.clone()
+            }
+            _ => Arc::new(RateLimiter::new(&settings.rate_limit, auth.key_count(), &names)?),
+        };
+        let backend_metrics = names.iter().map(|name| BackendMetrics::new(name)).collect();
+        let request_ids =
+            previous.map_or_else(|| Arc::new(RequestIds::new()), |old| old.request_ids.clone());
         let discovering = spec
             .backends
             .iter()
@@ -136,8 +210,11 @@ impl AppState {
             discovering,
             caches,
             backend_headers: spec_headers,
-            request_ids: RequestIds::new(),
-            started: std::time::Instant::now(),
+            request_ids,
+            started: previous.map_or_else(std::time::Instant::now, |old| old.started),
+            auth,
+            limits,
+            backend_metrics,
         })
     }
 
@@ -187,12 +264,25 @@ impl AppState {
     }
 
     /// The `/v1/models` body: the merged list, without models no healthy backend serves.
+    #[allow(dead_code)] // reason: the unfiltered list, for listings that are not per key
     pub(crate) fn models_json(&self) -> Bytes {
+        self.models_json_for(None)
+    }
+
+    /// The `/v1/models` body for a client key limited to `allowed` models (by name or
+    /// by what an alias resolves to); `None`: every model.
+    pub(crate) fn models_json_for(
+        &self,
+        allowed: Option<&std::collections::HashSet<String>>,
+    ) -> Bytes {
         let table = self.table();
+        let permitted = |id: &str| {
+            allowed.is_none_or(|a| a.contains(id) || a.contains(self.spec.resolve_alias(id)))
+        };
         let data: Vec<Model> = table
             .listing()
             .iter()
-            .filter(|model| table.is_served(&self.spec, &model.id))
+            .filter(|model| permitted(&model.id) && table.is_served(&self.spec, &model.id))
             .cloned()
             .collect();
         serde_json::to_vec(&ModelList::new(data)).map(Bytes::from).unwrap_or_default()

@@ -5,7 +5,6 @@
 
 mod util;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use switchyard_server::ServerSettings;
 use switchyard_test_support::{MockUpstream, Script, ms};
-use util::{Router, openai, spec};
+use util::{Redis, Router, openai, spec};
 
 const CHAT: &str = "/v1/chat/completions";
 
@@ -215,63 +214,6 @@ async fn the_model_list_is_cached_and_survives_a_backend_outage() {
     mock.shutdown().await;
     let reply = router.get("/v1/models").await;
     assert_eq!(reply.json()["data"][0]["id"], "alpha", "{}", reply.text());
-}
-
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let spawned = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        match spawned {
-            Ok(child) => Some(Redis { child, port }),
-            Err(_) => {
-                assert!(
-                    std::env::var_os("SWITCHYARD_SKIP_REDIS").is_some(),
-                    "redis-server is not installed: run scripts/test.sh (it installs it), \
-                     `apt-get install redis-server`, or set SWITCHYARD_SKIP_REDIS=1"
-                );
-                None
-            }
-        }
-    }
-
-    async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(ms(10)).await;
-        }
-        panic!("redis-server did not start");
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 fn cached_fleet_settings(redis_port: u16) -> ServerSettings {
