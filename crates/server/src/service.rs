@@ -92,7 +92,7 @@ async fn dispatch(
         }
         "/api/models" => {
             allow_get(&request)?;
-            Ok(crate::simple::models(&state))
+            Ok(crate::simple::models(&state, state.auth.allowed_models(ctx.caller)))
         }
         "/health" => {
             allow_get(&request)?;

@@ -66,12 +66,17 @@ pub(crate) fn health(state: &AppState) -> Response<Body> {
     json_response(StatusCode::OK, body.to_string())
 }
 
-/// `GET /api/models`: what is served, and by whom.
-pub(crate) fn models(state: &AppState) -> Response<Body> {
+/// `GET /api/models`: what is served, and by whom; a key limited to some models sees
+/// only those.
+pub(crate) fn models(
+    state: &AppState,
+    allowed: Option<&std::collections::HashSet<String>>,
+) -> Response<Body> {
     let table = state.table();
     let models: Vec<_> = table
         .listing()
         .iter()
+        .filter(|m| state.permits(allowed, &m.id))
         .map(|m| json!({"id": m.id, "backend": m.owned_by, "available": table.is_served(&state.spec, &m.id)}))
         .collect();
     json_response(StatusCode::OK, json!({"count": models.len(), "models": models}).to_string())

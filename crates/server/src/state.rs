@@ -276,16 +276,25 @@ impl AppState {
         allowed: Option<&std::collections::HashSet<String>>,
     ) -> Bytes {
         let table = self.table();
-        let permitted = |id: &str| {
-            allowed.is_none_or(|a| a.contains(id) || a.contains(self.spec.resolve_alias(id)))
-        };
         let data: Vec<Model> = table
             .listing()
             .iter()
-            .filter(|model| permitted(&model.id) && table.is_served(&self.spec, &model.id))
+            .filter(|model| {
+                self.permits(allowed, &model.id) && table.is_served(&self.spec, &model.id)
+            })
             .cloned()
             .collect();
         serde_json::to_vec(&ModelList::new(data)).map(Bytes::from).unwrap_or_default()
+    }
+
+    /// Whether a caller limited to `allowed` models (`None`: no limit) may see `id`,
+    /// by its own name or the name it is an alias of.
+    pub(crate) fn permits(
+        &self,
+        allowed: Option<&std::collections::HashSet<String>>,
+        id: &str,
+    ) -> bool {
+        allowed.is_none_or(|a| a.contains(id) || a.contains(self.spec.resolve_alias(id)))
     }
 
     /// A request id header value: the client's own if it sent a sane one.

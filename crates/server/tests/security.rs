@@ -599,6 +599,17 @@ backends:
     let quick = router.post_with("/api/quick", &json!({"prompt": "hi", "model": "m1"}), &key).await;
     assert_eq!(quick.status, 200, "{}", quick.text());
     assert_eq!(mock.request_count_for(CHAT), 2);
+
+    // Both model listings show the key only what it may use.
+    let listed = router.get_with("/v1/models", &key).await.json();
+    let ids: Vec<&str> =
+        listed["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["m1"]);
+    let simple = router.get_with("/api/models", &key).await.json();
+    let ids: Vec<&str> =
+        simple["models"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["m1"]);
+    assert_eq!(simple["count"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
