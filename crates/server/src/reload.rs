@@ -521,19 +521,26 @@ pub(crate) async fn watch_files(live: Weak<Live>) {
         drop(strong);
         let dirs = directories(&watched);
         *files.write() = watched.iter().map(|f| absolute(f)).collect();
+        let mut added = false;
         for dir in dirs {
             use notify::Watcher;
             if watching.contains(&dir) {
                 continue;
             }
             match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-                Ok(()) => watching.push(dir),
+                Ok(()) => {
+                    watching.push(dir);
+                    added = true;
+                }
                 Err(error) => {
                     tracing::warn!(dir = %dir.display(), %error, "cannot watch directory")
                 }
             }
         }
-        if rx.recv().await.is_none() {
+        // A change made before a directory's watch was in place (the files were
+        // fingerprinted when the configuration was loaded) raised no event: look once.
+        // An unchanged fingerprint makes this a no-op.
+        if !added && rx.recv().await.is_none() {
             return;
         }
         // Debounce: wait for a quiet moment so a file being written is read once, whole.
