@@ -253,7 +253,7 @@ async fn a_model_whose_only_backend_is_down_is_served_through_its_fallback_chain
         assert_eq!(reply.headers["x-switchyard-backend"], "backup");
     }
     // The backup received the fallback model's name.
-    assert_eq!(backup.last_request().unwrap().model().as_deref(), Some("local-model"));
+    assert_eq!(backup.last_post().unwrap().model().as_deref(), Some("local-model"));
     // Nothing was tried against the dead backend: active checks took it out at start-up.
     assert_eq!(backend_health(&router, "dead").await["state"], "unhealthy");
 }

@@ -94,7 +94,7 @@ async fn openai_requests_reach_anthropic_and_gemini_backends_translated() {
         assert_eq!(text, "chunk 0 chunk 1 chunk 2 ", "{model}");
         assert!(reply.text().ends_with("data: [DONE]\n\n"));
         // Provider credentials went in the provider's header; the URL carries no key.
-        let seen = mock.last_request().unwrap();
+        let seen = mock.last_post().unwrap();
         assert!(seen.api_key().is_some());
         assert!(!seen.path_and_query().contains("key="), "{}", seen.path_and_query());
     }
@@ -109,7 +109,7 @@ async fn messages_api_passes_through_to_anthropic_byte_for_byte() {
         router.post_raw(MESSAGES, body.clone(), &[("anthropic-beta", "tools-2024-05-16")]).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.body, Script::ok().anthropic().expected_body(MESSAGES, &body));
-    let seen = claude.last_request().unwrap();
+    let seen = claude.last_post().unwrap();
     assert_eq!(seen.body, body);
     assert_eq!(seen.header("anthropic-beta"), Some("tools-2024-05-16"));
     let reply = router.post(MESSAGES, &messages_request("claude-sonnet", true)).await;
@@ -129,7 +129,7 @@ async fn messages_api_is_translated_for_openai_backends() {
     assert_eq!(json["content"][0]["text"], "chunk 0 chunk 1 chunk 2 ");
     assert_eq!(json["stop_reason"], "end_turn");
     // The upstream received an OpenAI chat request with the system prompt first.
-    let sent = mock.last_request().unwrap().json().unwrap();
+    let sent = mock.last_post().unwrap().json().unwrap();
     assert_eq!(sent["messages"][0]["role"], "system");
     assert_eq!(sent["messages"][0]["content"], "Be brief.");
 
@@ -185,7 +185,7 @@ async fn the_simple_api_answers_quick_prompts() {
     assert_eq!(json["tokens"], 3);
     assert_eq!(json["model"], "m");
     assert!(json["latency"].as_u64().is_some());
-    let sent = mock.last_request().unwrap().json().unwrap();
+    let sent = mock.last_post().unwrap().json().unwrap();
     assert_eq!(sent["max_tokens"], 8);
     assert_eq!(sent["messages"][0]["content"], "What is the capital of France?");
 

@@ -30,7 +30,7 @@ async fn non_streaming_round_trip_is_byte_identical_to_the_upstream() {
     assert_eq!(reply.headers["x-switchyard-backend"], "a");
     assert!(reply.headers.contains_key("x-request-id"));
     // The body reached the upstream as the client's bytes.
-    assert_eq!(mock.last_request().unwrap().body, Bytes::from(body));
+    assert_eq!(mock.last_post().unwrap().body, Bytes::from(body));
 }
 
 #[tokio::test]
@@ -91,7 +91,7 @@ async fn client_credentials_are_never_forwarded_and_provider_key_is_injected() {
         )
         .await;
     assert_eq!(reply.status, 200);
-    let seen = mock.last_request().unwrap();
+    let seen = mock.last_post().unwrap();
     assert_eq!(seen.header("authorization"), Some("Bearer sk-provider"));
     assert_eq!(seen.header("x-api-key"), None);
     assert_eq!(seen.header("cookie"), None);
@@ -298,7 +298,7 @@ async fn aliases_rewrite_only_the_model_and_fallbacks_serve_when_a_model_has_no_
     let body = r#"{"messages":[{"role":"user","content":"hi"}],"model":"nick","z":{"keep":[1,2]}}"#;
     let reply = router.post_raw(CHAT, body, &[]).await;
     assert_eq!(reply.status, 200);
-    let sent = mock.last_request().unwrap();
+    let sent = mock.last_post().unwrap();
     assert_eq!(
         sent.body,
         r#"{"messages":[{"role":"user","content":"hi"}],"model":"real-name","z":{"keep":[1,2]}}"#

@@ -247,6 +247,12 @@ impl MockUpstream {
         self.shared.requests.lock().last().cloned()
     }
 
+    /// The last `POST` received: the last API call, whatever health probes or model
+    /// listings (`GET`s) a router sent after it.
+    pub fn last_post(&self) -> Option<RecordedRequest> {
+        self.shared.requests.lock().iter().rev().find(|r| r.method == Method::POST).cloned()
+    }
+
     /// How many requests were received.
     pub fn request_count(&self) -> usize {
         self.shared.requests.lock().len()

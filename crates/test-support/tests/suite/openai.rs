@@ -178,9 +178,14 @@ async fn models_health_and_recording() {
     let requests = mock.requests();
     assert!(requests.windows(2).all(|w| w[0].received_at <= w[1].received_at));
     assert_eq!(mock.requests_for("/v1/chat/completions").len(), 1);
+    // A probe after the call: the last request is the probe, the last POST the call.
+    send(mock.addr(), "GET", "/health", b"").await;
+    assert_eq!(mock.last_request().unwrap().path, "/health");
+    assert_eq!(mock.last_post().unwrap().path_and_query(), "/v1/chat/completions?x=1");
     mock.clear_requests();
+    assert!(mock.last_post().is_none());
     assert_eq!(mock.request_count(), 0);
-    assert_eq!(mock.stats().requests, 5);
+    assert_eq!(mock.stats().requests, 6);
 }
 
 #[tokio::test]
