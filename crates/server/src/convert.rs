@@ -269,11 +269,7 @@ fn build_backend(
                 name: backend.name.clone(),
                 url: backend.url.clone().unwrap_or_default(),
                 api_key: backend.api_key.as_ref().map(|key| key.expose().to_owned()),
-                headers: backend
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.expose().to_owned()))
-                    .collect(),
+                headers: headers(backend),
                 http: http_version(backend.http2),
                 timeouts,
                 max_connections: backend.effective_max_connections(&config.server),
