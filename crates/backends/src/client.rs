@@ -1,5 +1,6 @@
-//! The pooled upstream HTTP client: hyper-util's connection pool over rustls, HTTP/1.1
-//! and HTTP/2 by ALPN, HTTP/2 prior knowledge (h2c) on request.
+//! The pooled upstream HTTP client: for `http://` upstreams the lean HTTP/1.1 pool of
+//! [`crate::h1`]; otherwise hyper-util's connection pool over rustls, HTTP/1.1 and
+//! HTTP/2 by ALPN, HTTP/2 prior knowledge (h2c) on request.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -46,10 +47,13 @@ pub enum HttpVersion {
     H2c,
 }
 
-/// The upstream client one backend uses. Cheap to clone: clones share the pool.
+/// The upstream client one backend uses. Cheap to clone: clones share the pools.
 #[derive(Clone, Debug)]
 pub(crate) struct HttpClient {
+    /// hyper-util's pool: HTTPS (HTTP/2 by ALPN) and h2c.
     pub(crate) inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// The lean HTTP/1.1 pool for `http://` upstreams; `None` for h2c clients.
+    pub(crate) h1: Option<crate::h1::Pool>,
 }
 
 /// What makes two backends need different clients.
@@ -133,7 +137,15 @@ fn build_client(settings: &ClientSettings, key: &ClientKey) -> Result<HttpClient
     if key.version == HttpVersion::H2c {
         client.http2_only(true);
     }
-    Ok(HttpClient { inner: client.build(connector) })
+    let h1 = (key.version != HttpVersion::H2c).then(|| {
+        crate::h1::Pool::new(crate::h1::PoolSettings {
+            connect_timeout: key.connect_timeout,
+            idle_timeout: settings.pool_idle_timeout,
+            max_idle_per_host: settings.pool_max_idle_per_host,
+            tcp_keepalive: settings.tcp_keepalive,
+        })
+    });
+    Ok(HttpClient { inner: client.build(connector), h1 })
 }
 
 /// Verifies server certificates against the webpki roots plus an optional extra CA file.

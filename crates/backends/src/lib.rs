@@ -2,9 +2,11 @@
 //!
 //! This crate owns everything that talks HTTP to an upstream LLM server:
 //!
-//! - one pooled upstream client ([`ClientFactory`]): hyper-util's connection pool over
-//!   rustls (webpki roots plus an optional CA file), HTTP/1.1 and HTTP/2 by ALPN, HTTP/2
-//!   prior knowledge (h2c) per backend, `TCP_NODELAY` on every socket;
+//! - one pooled upstream client ([`ClientFactory`]): for `http://` upstreams a lean
+//!   HTTP/1.1 client whose connections are driven by the request's own task (no task
+//!   hop per request); for `https://` hyper-util's connection pool over rustls (webpki
+//!   roots plus an optional CA file), HTTP/1.1 and HTTP/2 by ALPN; HTTP/2 prior
+//!   knowledge (h2c) per backend; `TCP_NODELAY` on every socket;
 //! - per-request time limits ([`Timeouts`]): connect, first byte, total, idle gap
 //!   between stream chunks, total stream time;
 //! - the OpenAI-compatible adapter ([`OpenAiBackend`]) for OpenAI, vLLM, Ollama,
@@ -44,6 +46,7 @@ mod anthropic;
 mod client;
 mod error;
 mod gemini;
+mod h1;
 mod openai;
 mod remote;
 mod translate;

@@ -10,7 +10,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::Full;
 use switchyard_core::{
     BackendError, BackendId, BackendResponse, BodyStream, ErrorCode, ResponseBody,
 };
@@ -75,8 +74,8 @@ impl Remote {
         uri: Uri,
         body: Bytes,
         accept: &'static str,
-    ) -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(body));
+    ) -> Request<Bytes> {
+        let mut request = Request::new(body);
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         let headers = request.headers_mut();
@@ -96,7 +95,7 @@ impl Remote {
         body: Bytes,
         stream: bool,
         extra: &HeaderMap,
-    ) -> Request<Full<Bytes>> {
+    ) -> Request<Bytes> {
         let accept = if stream { "text/event-stream" } else { "application/json" };
         let mut request = self.request(Method::POST, uri, body, accept);
         for (name, value) in extra {
@@ -106,10 +105,7 @@ impl Remote {
     }
 
     /// Send and wait for the response head.
-    pub(crate) async fn exchange(
-        &self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Exchange, BackendError> {
+    pub(crate) async fn exchange(&self, request: Request<Bytes>) -> Result<Exchange, BackendError> {
         exchange(&self.client, &self.limit, self.id.as_str(), request, self.timeouts.first_byte)
             .await
     }

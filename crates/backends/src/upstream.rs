@@ -44,9 +44,49 @@ pub(crate) const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// A sent request's head and body, with the connection permit it holds.
 pub(crate) struct Exchange {
     pub(crate) parts: Parts,
-    pub(crate) body: Incoming,
+    pub(crate) body: UpstreamBody,
     pub(crate) permit: Option<OwnedSemaphorePermit>,
     pub(crate) started: Instant,
+}
+
+/// A response body from either client.
+pub(crate) enum UpstreamBody {
+    /// From hyper-util's pool (HTTPS, h2c).
+    Hyper(Incoming),
+    /// From the lean HTTP/1.1 pool (`http://`).
+    H1(crate::h1::ResponseBody),
+}
+
+type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+        // Both bodies are Unpin.
+        match self.get_mut() {
+            UpstreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::H1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(body) => body.is_end_stream(),
+            UpstreamBody::H1(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::Hyper(body) => body.size_hint(),
+            UpstreamBody::H1(body) => body.size_hint(),
+        }
+    }
 }
 
 pin_project! {
@@ -54,7 +94,7 @@ pin_project! {
     /// longer than the idle timeout or runs past the total limit.
     pub(crate) struct UpstreamStream {
         #[pin]
-        body: Incoming,
+        body: UpstreamBody,
         #[pin]
         timer: Sleep,
         idle: Duration,
@@ -79,12 +119,13 @@ impl Default for Timeouts {
 }
 
 /// Send `request` and wait for the response head within `first_byte`. Waiting for a
-/// free connection slot counts against the same limit.
+/// free connection slot counts against the same limit. `http://` upstreams go through
+/// the lean HTTP/1.1 pool, the others through hyper-util's.
 pub(crate) async fn exchange(
     client: &HttpClient,
     limit: &Arc<Semaphore>,
     backend: &str,
-    request: http::Request<Full<Bytes>>,
+    request: http::Request<Bytes>,
     first_byte: Duration,
 ) -> Result<Exchange, BackendError> {
     let started = Instant::now();
@@ -106,18 +147,34 @@ pub(crate) async fn exchange(
             }
         }
     };
-    let response = match tokio::time::timeout_at(deadline, client.inner.request(request)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => return Err(client_error(backend, &error)),
-        Err(_) => {
-            return Err(BackendError::new(
-                ErrorCode::UpstreamTimeout,
-                format!("backend `{backend}` sent no response within {first_byte:?}"),
-            ));
-        }
+    let late = || {
+        BackendError::new(
+            ErrorCode::UpstreamTimeout,
+            format!("backend `{backend}` sent no response within {first_byte:?}"),
+        )
     };
+    if let Some(pool) = &client.h1
+        && request.uri().scheme() == Some(&http::uri::Scheme::HTTP)
+    {
+        let (head, body) = request.into_parts();
+        let sent = pool.send(&head.method, &head.uri, &head.headers, &body);
+        return match tokio::time::timeout_at(deadline, sent).await {
+            Ok(Ok((parts, body))) => {
+                Ok(Exchange { parts, body: UpstreamBody::H1(body), permit, started })
+            }
+            Ok(Err(error)) => Err(h1_error(backend, &error)),
+            Err(_) => Err(late()),
+        };
+    }
+    let response =
+        match tokio::time::timeout_at(deadline, client.inner.request(request.map(Full::new))).await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(client_error(backend, &error)),
+            Err(_) => return Err(late()),
+        };
     let (parts, body) = response.into_parts();
-    Ok(Exchange { parts, body, permit, started })
+    Ok(Exchange { parts, body: UpstreamBody::Hyper(body), permit, started })
 }
 
 impl Exchange {
@@ -257,6 +314,23 @@ fn client_error(backend: &str, error: &hyper_util::client::legacy::Error) -> Bac
     BackendError::new(ErrorCode::UpstreamUnavailable, message)
 }
 
+fn h1_error(backend: &str, error: &crate::h1::H1Error) -> BackendError {
+    match error {
+        crate::h1::H1Error::Invalid(reason) => BackendError::new(
+            ErrorCode::UpstreamInvalid,
+            format!("backend `{backend}` answered invalid HTTP: {reason}"),
+        ),
+        _ if error.is_connect() => BackendError::new(
+            ErrorCode::UpstreamUnavailable,
+            format!("backend `{backend}` refused the connection or could not be reached"),
+        ),
+        _ => BackendError::new(
+            ErrorCode::UpstreamUnavailable,
+            format!("backend `{backend}` closed the connection before answering"),
+        ),
+    }
+}
+
 /// Headers that describe one connection, not the message: never relayed.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -272,6 +346,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Response headers worth relaying to the client: end-to-end headers minus framing
 /// (`content-length` is recomputed by the server) and cookies.
 pub(crate) fn relay_headers(mut headers: HeaderMap) -> HeaderMap {
+    // Most answers carry one or two of these: look before removing (a removal hashes
+    // the name; this compares the few names present).
+    if !headers.keys().any(|name| {
+        HOP_BY_HOP.contains(name)
+            || name == header::CONTENT_LENGTH
+            || name == header::SET_COOKIE
+            || name == header::DATE
+            || name == header::SERVER
+    }) {
+        return headers;
+    }
     if let Some(named) = headers.get(header::CONNECTION).cloned()
         && let Ok(named) = named.to_str()
     {

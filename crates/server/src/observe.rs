@@ -32,6 +32,13 @@ pub(crate) const OVERHEAD_HEADER: http::HeaderName =
     http::HeaderName::from_static("x-switchyard-overhead-us");
 
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static PROMPT_TOKENS: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"prompt_tokens\""));
+static INPUT_TOKENS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"input_tokens\""));
+static COMPLETION_TOKENS: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"completion_tokens\""));
+static OUTPUT_TOKENS: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"output_tokens\""));
 
 /// What the pipeline learns about one request, for metrics, logs and the overhead header.
 pub(crate) struct RequestCtx {
@@ -167,13 +174,13 @@ impl Record {
             && let Some(at) = USAGE.find(data)
         {
             let rest = &data[at..];
-            if let Some(n) = number_after(rest, b"\"prompt_tokens\"")
-                .or_else(|| number_after(rest, b"\"input_tokens\""))
+            if let Some(n) =
+                number_after(rest, &PROMPT_TOKENS).or_else(|| number_after(rest, &INPUT_TOKENS))
             {
                 self.prompt_tokens = Some(n);
             }
-            if let Some(n) = number_after(rest, b"\"completion_tokens\"")
-                .or_else(|| number_after(rest, b"\"output_tokens\""))
+            if let Some(n) = number_after(rest, &COMPLETION_TOKENS)
+                .or_else(|| number_after(rest, &OUTPUT_TOKENS))
             {
                 self.completion_tokens = Some(n);
             }
@@ -260,9 +267,10 @@ impl Record {
     }
 }
 
-/// The unsigned integer after `"name"` and a colon in `json`, if there is one.
-fn number_after(json: &[u8], name: &[u8]) -> Option<u64> {
-    let at = memchr::memmem::find(json, name)? + name.len();
+/// The unsigned integer after the quoted name `name` finds and a colon in `json`, if
+/// there is one. The finders are built once: building one costs more than the search.
+fn number_after(json: &[u8], name: &Finder<'_>) -> Option<u64> {
+    let at = name.find(json)? + name.needle().len();
     let rest = json[at..].trim_ascii_start().strip_prefix(b":")?.trim_ascii_start();
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
@@ -325,11 +333,14 @@ mod tests {
     fn usage_numbers_are_read_from_openai_and_anthropic_shapes() {
         let openai =
             br#"{"usage": {"prompt_tokens": 12, "completion_tokens":7,"total_tokens":19}}"#;
-        assert_eq!(number_after(openai, b"\"prompt_tokens\""), Some(12));
-        assert_eq!(number_after(openai, b"\"completion_tokens\""), Some(7));
+        assert_eq!(number_after(openai, &Finder::new(b"\"prompt_tokens\"")), Some(12));
+        assert_eq!(number_after(openai, &Finder::new(b"\"completion_tokens\"")), Some(7));
         let anthropic = br#"{"usage":{"input_tokens":3,"output_tokens": 41}}"#;
-        assert_eq!(number_after(anthropic, b"\"output_tokens\""), Some(41));
-        assert_eq!(number_after(b"\"prompt_tokens\": null", b"\"prompt_tokens\""), None);
-        assert_eq!(number_after(b"nothing", b"\"prompt_tokens\""), None);
+        assert_eq!(number_after(anthropic, &Finder::new(b"\"output_tokens\"")), Some(41));
+        assert_eq!(
+            number_after(b"\"prompt_tokens\": null", &Finder::new(b"\"prompt_tokens\"")),
+            None
+        );
+        assert_eq!(number_after(b"nothing", &Finder::new(b"\"prompt_tokens\"")), None);
     }
 }

@@ -185,16 +185,19 @@ pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     match headers.get(header::CONTENT_TYPE) {
         None => Ok(()),
         Some(value) => {
-            let value = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
-            let essence = value.split(';').next().unwrap_or("").trim();
+            let essence = value.as_bytes().split(|&b| b == b';').next().unwrap_or_default();
+            let essence = essence.trim_ascii();
+            let is = |name: &str| essence.eq_ignore_ascii_case(name.as_bytes());
             let acceptable = essence.is_empty()
-                || essence == "application/json"
-                || essence.ends_with("+json")
-                || essence == "text/plain"
-                || essence == "application/x-www-form-urlencoded";
+                || is("application/json")
+                || (essence.len() >= 5
+                    && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json"))
+                || is("text/plain")
+                || is("application/x-www-form-urlencoded");
             if acceptable {
                 Ok(())
             } else {
+                let value = String::from_utf8_lossy(value.as_bytes()).trim().to_ascii_lowercase();
                 Err(ApiError::new(
                     ErrorCode::UnsupportedMediaType,
                     format!("content-type must be application/json, not `{value}`"),
@@ -264,5 +267,11 @@ mod tests {
         );
         let err = check_content_type(&headers).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnsupportedMediaType);
+        for ok in ["Application/JSON", "application/vnd.api+JSON; x=1", " text/plain "] {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ok));
+            assert!(check_content_type(&headers).is_ok(), "{ok}");
+        }
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("json"));
+        assert!(check_content_type(&headers).is_err());
     }
 }
