@@ -3,90 +3,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use switchyard_test_support::{MockUpstream, Script, ms};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+mod common;
 
-struct Running {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
+use common::{BIN, TempDir};
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("switchyard-e2e-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn start(tag: &str, config: &str) -> Running {
-    let dir = TempDir::new(tag);
-    let file = dir.write("switchyard.yaml", config);
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&file)
-        .args(["--bind", &format!("127.0.0.1:{port}")])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn switchyard");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let health =
-            http(port, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
-        if health.is_ok_and(|(status, _)| status == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "switchyard did not come up");
-        tokio::time::sleep(ms(50)).await;
-    }
-    Running { child, port, _dir: dir }
+async fn start(tag: &str, config: &str) -> common::Running {
+    common::start(TempDir::new(&format!("e2e-{tag}")), config, &[], Duration::from_secs(20)).await
 }
 
 /// A raw HTTP/1.1 exchange (what curl does), returning status and body text.
 async fn http(port: u16, request: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    stream.write_all(request.as_bytes()).await?;
-    let mut out = Vec::new();
-    stream.read_to_end(&mut out).await?;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, text))
+    common::send(port, request).await
 }
 
 fn post(path: &str, body: &str) -> String {
@@ -247,7 +180,7 @@ async fn sigterm_drains_an_in_flight_stream_then_exits_cleanly() {
 
 #[test]
 fn config_check_reports_every_problem_with_exit_64() {
-    let dir = TempDir::new("check");
+    let dir = TempDir::new("e2e-check");
     let good = dir.write("good.yaml", "backends:\n  - { name: a, url: \"http://127.0.0.1:1\" }\n");
     let bad = dir.write(
         "bad.yaml",
@@ -269,7 +202,7 @@ fn config_check_reports_every_problem_with_exit_64() {
 
 #[test]
 fn config_generate_output_passes_config_check_and_print_masks_secrets() {
-    let dir = TempDir::new("generate");
+    let dir = TempDir::new("e2e-generate");
     let out = Command::new(BIN).args(["config", "generate"]).output().unwrap();
     assert!(out.status.success());
     let starter = dir.write("starter.yaml", &String::from_utf8(out.stdout).unwrap());

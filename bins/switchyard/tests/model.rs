@@ -6,29 +6,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr, missing_docs)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+mod common;
+
 const MODEL: &str = switchyard_inference::DEFAULT_MODEL_ID;
-
-struct Running {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use common::BIN;
 
 /// The default model, or `None` (with a note) when it is absent and the run allows it.
 fn model_path() -> Option<PathBuf> {
@@ -46,58 +32,31 @@ fn model_path() -> Option<PathBuf> {
     None
 }
 
-async fn start(tag: &str, model: &std::path::Path, concurrent: usize, queue: usize) -> Running {
-    let dir = std::env::temp_dir().join(format!("switchyard-model-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("switchyard.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "backends: [{{ name: local, type: local }}]\n\
-             inference: {{ model_path: \"{}\", threads: 1, max_concurrent: {concurrent}, max_queue: {queue} }}\n",
-            model.display()
-        ),
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args(["--bind", &format!("127.0.0.1:{port}")])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let running = Running { child, port, dir };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while request(port, "GET", "/health", None).await.map(|r| r.0).ok() != Some(200) {
-        assert!(Instant::now() < deadline, "switchyard did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    running
+async fn start(
+    tag: &str,
+    model: &std::path::Path,
+    concurrent: usize,
+    queue: usize,
+) -> common::Running {
+    let config = format!(
+        "backends: [{{ name: local, type: local }}]\n\
+         inference: {{ model_path: \"{}\", threads: 1, max_concurrent: {concurrent}, max_queue: {queue} }}\n",
+        model.display()
+    );
+    let dir = common::TempDir::new(&format!("model-{tag}"));
+    common::start(dir, &config, &[], Duration::from_secs(60)).await
 }
 
-/// One raw HTTP/1.1 exchange: status, headers text, body text.
+/// One raw HTTP/1.1 exchange: status, headers text, body text (de-chunked).
 async fn request(
     port: u16,
     method: &str,
     path: &str,
     body: Option<&Value>,
 ) -> std::io::Result<(u16, String, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     let body = body.map(Value::to_string).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    let mut out = Vec::new();
-    stream.read_to_end(&mut out).await?;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (status, text) = common::request(port, method, path, &[], &body).await?;
+    let (head, body) = common::split(&text);
     Ok((status, head.to_owned(), dechunk(head, body)))
 }
 

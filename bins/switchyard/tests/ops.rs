@@ -4,15 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use switchyard_test_support::{MockUpstream, Script, ms};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
 const PROVIDER_KEY: &str = "sk-canary-provider-7f3a0c";
 const INLINE_PROVIDER_KEY: &str = "sk-canary-inline-provider-19ab";
@@ -23,78 +17,18 @@ const METRICS_PASSWORD: &str = "canary-metrics-pw-5d9e31";
 const CANARIES: [&str; 6] =
     [PROVIDER_KEY, INLINE_PROVIDER_KEY, CLIENT_KEY, LIMITED_KEY, ADMIN_KEY, METRICS_PASSWORD];
 
-struct Running {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    dir: PathBuf,
+mod common;
+
+use common::{Running, TempDir, free_port};
+
+fn temp_dir(tag: &str) -> TempDir {
+    TempDir::new(&format!("ops-{tag}"))
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+async fn start(dir: TempDir, config: &str, env: &[(&str, &str)]) -> Running {
+    common::start(dir, config, env, Duration::from_secs(20)).await
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("switchyard-ops-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Start the binary on `config` (written to `dir/switchyard.yaml`), stderr to a file.
-async fn start(dir: PathBuf, config: &str, env: &[(&str, &str)]) -> Running {
-    let file = dir.join("switchyard.yaml");
-    std::fs::write(&file, config).unwrap();
-    let log = dir.join("stderr.log");
-    let port = free_port();
-    let mut command = Command::new(BIN);
-    command
-        .args(["serve", "--config"])
-        .arg(&file)
-        .args(["--bind", &format!("127.0.0.1:{port}")])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let child = command.spawn().expect("spawn switchyard");
-    let running = Running { child, port, log, dir };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok((200, _)) = http(port, "GET", "/health", &[], "").await {
-            break;
-        }
-        assert!(Instant::now() < deadline, "switchyard did not come up: {}", running.logs());
-        tokio::time::sleep(ms(50)).await;
-    }
-    running
-}
-
-impl Running {
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.join("switchyard.yaml")
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args([name, &pid]).status().unwrap().success());
-    }
-}
-
-/// One raw HTTP/1.1 exchange; the status and the whole response, head included.
 async fn http(
     port: u16,
     method: &str,
@@ -102,25 +36,7 @@ async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if !body.is_empty() || method == "POST" {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).await?;
-    let mut out = Vec::new();
-    stream.read_to_end(&mut out).await?;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, text))
+    common::request(port, method, path, headers, body).await
 }
 
 fn chat(model: &str, stream: bool) -> String {
@@ -328,7 +244,7 @@ async fn sighup_and_file_changes_reload_the_binary_and_restart_only_keys_are_rep
     assert_eq!(status, 404);
 
     // Written by rename (as editors and deployment tools do), then SIGHUP.
-    let staging = router.dir.join("next.yaml");
+    let staging = router.dir.0.join("next.yaml");
     std::fs::write(&staging, config("routing: { model_aliases: { fast: m } }\n")).unwrap();
     std::fs::rename(&staging, router.config_path()).unwrap();
     router.signal("-HUP");
