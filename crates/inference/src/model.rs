@@ -625,8 +625,8 @@ mod tests {
         unsafe {
             std::ptr::copy_nonoverlapping(blocks.as_ptr().cast::<u8>(), bytes.as_mut_ptr(), len)
         };
-        Weight::load(GgmlDType::Q8_0, &bytes, &[rows, cols], Formats { requantize: true, fast })
-            .unwrap()
+        let formats = Formats { requantize: true, fast, compact_q4_1: false };
+        Weight::load(GgmlDType::Q8_0, &bytes, &[rows, cols], formats).unwrap()
     }
 
     /// A tiny random model: grouped-query attention, and for gemma3 the extra norms and

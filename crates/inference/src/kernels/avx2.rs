@@ -101,6 +101,11 @@ fn dot<const G: usize>(
 fn expand_q8(w: &super::Q8Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
     let nb = w.nb;
     for (b, e) in scratch.iter_mut().enumerate() {
+        for pair in (r / 2..).take(n.div_ceil(2)) {
+            // See [`super::PREFETCH_BYTES`].
+            let at = w.qs[pair * nb + b].as_ptr();
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(super::PREFETCH_BYTES).cast());
+        }
         for k in 0..4 {
             if k < n {
                 let i = (r + k) * nb + b;
