@@ -252,7 +252,11 @@ impl Engine {
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the compute pool: {e}")))?;
         let file = GgufFile::open(&path)?;
-        let options = Formats { requantize: settings.requantize, fast: settings.fast_kernels };
+        let options = Formats {
+            requantize: settings.requantize,
+            fast: settings.fast_kernels,
+            compact_q4_1: settings.compact_q4_1,
+        };
         // Loading (requantisation) may use every core: it happens once, before serving.
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let model = if cores > threads {

@@ -6,7 +6,8 @@
 //!   Llama 2/3, Mistral; tied embeddings when `output.weight` is absent), qwen2 and
 //!   gemma3, chosen by `general.architecture` (anything else is
 //!   [`Error::UnsupportedArchitecture`]). Q4_1/Q5_0/Q5_1 weights run with the numerics
-//!   of their Q8_0 requantisation (Q4_1 kept 4-bit), through this crate's SIMD kernels
+//!   of their Q8_0 requantisation (materialised at load, or Q4_1 kept 4-bit with
+//!   `compact_q4_1`), through this crate's SIMD kernels
 //!   (AVX-512 VNNI, AVX2, chosen at run time; bit-identical to candle's Q8_0 kernel).
 //! - **Tokenizing** from the file's own vocabulary (byte-level BPE and SentencePiece,
 //!   matching llama.cpp), and rendering its **chat template** (Jinja, via minijinja;

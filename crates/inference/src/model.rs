@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
+use crate::kernels::{self, dot};
 use crate::quant::{Formats, Weight};
 
 /// The architectures this crate runs, from `general.architecture`.
@@ -466,24 +467,22 @@ impl Model {
                 let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
                 let qi = &q[((off + i) * c.heads + head) * hd..][..hd];
                 scores.clear();
-                let mut max = f32::NEG_INFINITY;
-                for t in lo..=pos {
-                    let s = dot(qi, &k[t * kv_stride + kvh * hd..][..hd]) * scale;
-                    max = max.max(s);
-                    scores.push(s);
-                }
+                scores.resize(pos + 1 - lo, 0.0);
+                kernels::dot_rows(qi, &k[lo * kv_stride + kvh * hd..], kv_stride, &mut scores);
+                scores.iter_mut().for_each(|s| *s *= scale);
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                 let mut sum = 0f32;
                 for s in &mut scores {
                     *s = (*s - max).exp();
                     sum += *s;
                 }
-                let o = &mut out[i * hd..(i + 1) * hd];
-                o.fill(0.0);
-                for (t, s) in (lo..=pos).zip(&scores) {
-                    let w = s / sum;
-                    let vt = &v[t * kv_stride + kvh * hd..][..hd];
-                    o.iter_mut().zip(vt).for_each(|(a, b)| *a += w * b);
-                }
+                scores.iter_mut().for_each(|s| *s /= sum);
+                weighted_sum(
+                    &mut out[i * hd..(i + 1) * hd],
+                    &scores,
+                    &v[lo * kv_stride + kvh * hd..],
+                    kv_stride,
+                );
             }
         };
         // Per segment, per head: [m][hd]; then interleave to [rows][heads][hd].
@@ -534,22 +533,30 @@ fn inv_freq_fn(dim: usize, base: f32) -> Vec<f32> {
     (0..dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32)).collect()
 }
 
-/// Dot product in eight independent lanes so LLVM vectorises it.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
+/// `out = sum_t w[t] * v_t` with `v_t = v[t * stride..][..out.len()]`: the same
+/// operations in the same order as `out.fill(0.0)` then `out[j] += w[t] * v_t[j]` for
+/// each `t` in turn, with 64 outputs at a time held in registers across `t` instead of
+/// going through memory.
+fn weighted_sum(out: &mut [f32], w: &[f32], v: &[f32], stride: usize) {
+    const C: usize = 64;
+    for (c, oc) in out.chunks_mut(C).enumerate() {
+        if let Ok(oc) = <&mut [f32; C]>::try_from(&mut *oc) {
+            let mut acc = [0f32; C];
+            for (t, &wt) in w.iter().enumerate() {
+                let Ok(vt) = <&[f32; C]>::try_from(&v[t * stride + c * C..][..C]) else { continue };
+                for j in 0..C {
+                    acc[j] += wt * vt[j];
+                }
+            }
+            *oc = acc;
+        } else {
+            oc.fill(0.0);
+            for (t, &wt) in w.iter().enumerate() {
+                let vt = &v[t * stride + c * C..][..oc.len()];
+                oc.iter_mut().zip(vt).for_each(|(a, b)| *a += wt * b);
+            }
         }
     }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        sum += a[i] * b[i];
-    }
-    sum
 }
 
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -625,8 +632,8 @@ mod tests {
         unsafe {
             std::ptr::copy_nonoverlapping(blocks.as_ptr().cast::<u8>(), bytes.as_mut_ptr(), len)
         };
-        Weight::load(GgmlDType::Q8_0, &bytes, &[rows, cols], Formats { requantize: true, fast })
-            .unwrap()
+        let formats = Formats { requantize: true, fast, compact_q4_1: false };
+        Weight::load(GgmlDType::Q8_0, &bytes, &[rows, cols], formats).unwrap()
     }
 
     /// A tiny random model: grouped-query attention, and for gemma3 the extra norms and
@@ -819,6 +826,24 @@ mod tests {
         ];
         assert!(model.forward_batch(&mut segments).is_err());
         assert!(model.forward_batch(&mut []).is_err());
+    }
+
+    #[test]
+    fn weighted_sum_is_bit_identical_to_the_plain_loop() {
+        let mut seed = 9;
+        for (hd, count, stride) in
+            [(64, 7, 192), (64, 1, 64), (19, 5, 40), (128, 3, 128), (80, 4, 96)]
+        {
+            let w = values(count, &mut seed, 1.0);
+            let v = values(count * stride, &mut seed, 3.0);
+            let mut want = vec![0f32; hd];
+            for (t, wt) in w.iter().enumerate() {
+                want.iter_mut().zip(&v[t * stride..][..hd]).for_each(|(a, b)| *a += wt * b);
+            }
+            let mut got = vec![f32::NAN; hd];
+            weighted_sum(&mut got, &w, &v, stride);
+            assert_eq!(bits(&got), bits(&want), "hd={hd} count={count}");
+        }
     }
 
     #[test]

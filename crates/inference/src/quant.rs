@@ -52,10 +52,13 @@ pub(crate) enum Weight {
 /// How [`Weight::load`] stores a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Formats {
-    /// Q4_1/Q5_0/Q5_1 get Q8_0 numerics (Q4_1 stays 4-bit with the fast kernels).
+    /// Q4_1/Q5_0/Q5_1 get Q8_0 numerics.
     pub(crate) requantize: bool,
     /// Use this crate's kernels where they apply (and the CPU has them).
     pub(crate) fast: bool,
+    /// With `requantize` and `fast`: keep Q4_1 weights 4-bit in memory ([`Q41Rows`],
+    /// the same numerics, less memory, slower decode) instead of materialising Q8_0.
+    pub(crate) compact_q4_1: bool,
 }
 
 macro_rules! dispatch {
@@ -168,7 +171,8 @@ impl Weight {
     }
 
     /// Build a weight the way the engine runs it: Q4_1/Q5_0/Q5_1 with Q8_0 numerics
-    /// when `formats.requantize`, this crate's kernels where they apply.
+    /// when `formats.requantize` (materialised as Q8_0, or Q4_1 kept 4-bit when
+    /// `formats.compact_q4_1`), this crate's kernels where they apply.
     pub(crate) fn load(
         dtype: GgmlDType,
         bytes: &[u8],
@@ -184,6 +188,7 @@ impl Weight {
         if fast
             && whole_blocks
             && formats.requantize
+            && formats.compact_q4_1
             && dtype == GgmlDType::Q4_1
             && let Some(w) = Q41Rows::from_gguf_bytes(bytes, rows, cols)?
         {

@@ -28,10 +28,14 @@ pub struct InferenceSettings {
     pub max_queue: usize,
     /// Generation limit when a request gives none. Default 512.
     pub default_max_tokens: usize,
-    /// Run Q4_1/Q5_0/Q5_1 weights with the numerics of their Q8_0 requantisation
-    /// (faster kernels; Q4_1 stays 4-bit in memory with this crate's kernels). Default
-    /// true.
+    /// Run Q4_1/Q5_0/Q5_1 weights with the numerics of their Q8_0 requantisation,
+    /// materialised as Q8_0 at load (SIMD kernels for all of them). Default true.
     pub requantize: bool,
+    /// With `requantize` and the fast kernels, keep Q4_1 weights 4-bit in memory and
+    /// compute their Q8_0 requantisation on the fly: the same output, 41% less memory
+    /// for those weights, but slower decode (the per-block work costs more than the
+    /// bytes it saves: ~1.5x slower on an AVX-512 machine). Default false.
+    pub compact_q4_1: bool,
     /// Use this crate's SIMD kernels where the CPU has them (AVX2, AVX-512 VNNI).
     /// `false` runs candle's kernels on materialised Q8_0 weights: bit-identical
     /// output, slower; for diagnosis. Default true.
@@ -50,6 +54,7 @@ impl Default for InferenceSettings {
             max_queue: 16,
             default_max_tokens: 512,
             requantize: true,
+            compact_q4_1: false,
             fast_kernels: true,
         }
     }

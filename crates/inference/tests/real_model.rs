@@ -210,7 +210,14 @@ fn requantising_to_q8_0_keeps_greedy_output_identical() {
         ..InferenceSettings::for_model(&path)
     })
     .unwrap();
+    // Q4_1 kept 4-bit, its Q8_0 requantisation computed on the fly by our kernels.
+    let compact = Engine::load(&InferenceSettings {
+        compact_q4_1: true,
+        ..InferenceSettings::for_model(&path)
+    })
+    .unwrap();
     assert!(requant.info().weight_types.contains("Q8_0"));
+    assert!(!requant.info().weight_types.contains("Q4_1"));
     assert!(raw.info().weight_types.contains("Q4_1"));
     for (prompt, reference) in LLAMA_CPP_ANSWERS {
         let request = GenerateRequest {
@@ -221,8 +228,10 @@ fn requantising_to_q8_0_keeps_greedy_output_identical() {
             ignore_eos: false,
         };
         let a = requant.generate(request.clone()).unwrap();
-        let b = raw.generate(request).unwrap();
+        let b = raw.generate(request.clone()).unwrap();
+        let c = compact.generate(request).unwrap();
         assert_eq!(a.text, b.text, "prompt {prompt:?}");
+        assert_eq!(a.text, c.text, "prompt {prompt:?}, Q4_1 kept 4-bit");
         assert_eq!(a.finished.usage, b.finished.usage);
         assert_eq!(a.text, *reference, "prompt {prompt:?} differs from llama.cpp");
     }

@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{ActBlock, QuantActs, Source, hsum8};
+use super::{ActBlock, QuantActs, Source, dot_finish, hsum8};
 
 /// Four weight rows' block `b`: signed quants and scales.
 #[derive(Clone, Copy)]
@@ -101,6 +101,11 @@ fn dot<const G: usize>(
 fn expand_q8(w: &super::Q8Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
     let nb = w.nb;
     for (b, e) in scratch.iter_mut().enumerate() {
+        for pair in (r / 2..).take(n.div_ceil(2)) {
+            // See [`super::PREFETCH_BYTES`].
+            let at = w.qs[pair * nb + b].as_ptr();
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(super::PREFETCH_BYTES).cast());
+        }
         for k in 0..4 {
             if k < n {
                 let i = (r + k) * nb + b;
@@ -156,5 +161,38 @@ fn expand_q41(w: &super::Q41Rows, r: usize, n: usize, scratch: &mut [Expanded]) 
             e.w[k] = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), idx);
             e.s[k] = half::f16::from_f32(d8).to_f32();
         }
+    }
+}
+
+/// See [`super::dot_rows`] (which checked that `k` covers every row).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn dot_rows(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+    let n = q.len();
+    let mut t = 0;
+    while t + 4 <= out.len() {
+        let rows: [&[f32]; 4] = std::array::from_fn(|i| &k[(t + i) * stride..][..n]);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (c, x) in q.chunks_exact(8).enumerate() {
+            // SAFETY: `x` holds 8 floats.
+            let x = unsafe { _mm256_loadu_ps(x.as_ptr()) };
+            for (a, row) in acc.iter_mut().zip(&rows) {
+                let y = &row[8 * c..8 * c + 8];
+                // SAFETY: `y` holds 8 floats.
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(x, unsafe { _mm256_loadu_ps(y.as_ptr()) }));
+            }
+        }
+        for ((o, a), row) in out[t..t + 4].iter_mut().zip(&acc).zip(&rows) {
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
+            *o = dot_finish(&lanes, q, row);
+        }
+        t += 4;
+    }
+    for (t, o) in out.iter_mut().enumerate().skip(t) {
+        *o = super::dot(q, &k[t * stride..][..n]);
     }
 }

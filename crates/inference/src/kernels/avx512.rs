@@ -30,7 +30,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{ActBlock, Q8Rows, Q41Rows, QK, QuantActs, Source, hsum8};
+use super::{ActBlock, PREFETCH_BYTES, Q8Rows, Q41Rows, QK, QuantActs, Source, hsum8};
 
 /// Four weight rows' block `b`, ready for the dot products: offset quants of the two row
 /// pairs and their scales in the matching lanes.
@@ -318,8 +318,12 @@ fn dot<const G: usize>(
 #[inline]
 #[target_feature(enable = "avx512f,avx2")]
 fn q8_pair(w: &Q8Rows, pair: usize, b: usize) -> __m512i {
+    let at = w.qs[pair * w.nb + b].as_ptr();
+    // Pairs are stored one after another and walked in order, so this is the stream
+    // the kernel reads next; see [`PREFETCH_BYTES`].
+    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(PREFETCH_BYTES).cast());
     // SAFETY: a 64-byte unaligned load of one pair's block.
-    let q = unsafe { _mm512_loadu_si512(w.qs[pair * w.nb + b].as_ptr().cast()) };
+    let q = unsafe { _mm512_loadu_si512(at.cast()) };
     _mm512_xor_si512(q, _mm512_set1_epi8(i8::MIN))
 }
 
