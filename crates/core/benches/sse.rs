@@ -52,6 +52,19 @@ fn meta(c: &mut Criterion) {
     c.bench_function("request_meta_parse_chat", |b| {
         b.iter(|| RequestMeta::parse(Endpoint::ChatCompletions, black_box(body)))
     });
+    // A long conversation: 40 turns of ~1 KiB each, some with escapes.
+    let mut long = String::from(r#"{"model":"gpt-4o-mini","messages":["#);
+    for turn in 0..40 {
+        let role = if turn % 2 == 0 { "user" } else { "assistant" };
+        let text = r#"routers route packets \"quickly\" and\n"#.repeat(25);
+        long.push_str(&format!(r#"{{"role":"{role}","content":"{text}"}},"#));
+    }
+    long.pop();
+    long.push_str(r#"],"stream":true}"#);
+    assert!(RequestMeta::parse(Endpoint::ChatCompletions, long.as_bytes()).is_ok());
+    c.bench_function("request_meta_parse_chat_40_turns", |b| {
+        b.iter(|| RequestMeta::parse(Endpoint::ChatCompletions, black_box(long.as_bytes())))
+    });
 }
 
 criterion_group!(benches, sse, meta);

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::backend::Endpoint;
 use crate::error::{BackendError, Classify, ErrorCode};
@@ -57,7 +57,7 @@ struct RawMeta<'a> {
     #[serde(default)]
     seed: Option<i64>,
     #[serde(borrow, default)]
-    messages: Option<Vec<RawMessage<'a>>>,
+    messages: Option<RawMessages<'a>>,
     #[serde(borrow, default)]
     prompt: Option<RawPrompt<'a>>,
     #[serde(borrow, default)]
@@ -82,12 +82,115 @@ struct RawMessage<'a> {
     content: Option<RawPrompt<'a>>,
 }
 
-/// Any JSON value; strings are kept (borrowed when unescaped) for the prompt hash.
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// The `messages` array, walked without being collected: its length and the text of
+/// the message the prompt hash starts from (the first that is not a system or
+/// developer message, else the first).
+struct RawMessages<'a> {
+    len: usize,
+    /// `Some(text)` of the chosen message so far; `Some(None)` when it has no text.
+    first: Option<Option<Cow<'a, str>>>,
+    /// Whether `first` is a non-system message (then it is final).
+    settled: bool,
+}
+
+/// A prompt-like value: strings are kept (borrowed when unescaped) for the prompt hash,
+/// anything else is skipped. Hand-written rather than an untagged enum, which would
+/// buffer every value (and copy every message's text) before choosing a variant.
 enum RawPrompt<'a> {
-    Text(#[serde(borrow)] Cow<'a, str>),
-    Other(IgnoredAny),
+    Text(Cow<'a, str>),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawPrompt<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PromptVisitor)
+    }
+}
+
+struct PromptVisitor;
+
+impl<'de> Visitor<'de> for PromptVisitor {
+    type Value = RawPrompt<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(RawPrompt::Text(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(RawPrompt::Text(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(RawPrompt::Text(Cow::Owned(v)))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(RawPrompt::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(RawPrompt::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(RawPrompt::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(RawPrompt::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(RawPrompt::Other)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(RawPrompt::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(RawPrompt::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(RawPrompt::Other)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawMessages<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(MessagesVisitor)
+    }
+}
+
+struct MessagesVisitor;
+
+impl<'de> Visitor<'de> for MessagesVisitor {
+    type Value = RawMessages<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of messages")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = RawMessages { len: 0, first: None, settled: false };
+        loop {
+            // Once the message to hash is found, the rest are only checked as JSON.
+            if out.settled {
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    out.len += 1;
+                }
+                break;
+            }
+            let Some(message) = seq.next_element::<RawMessage<'de>>()? else { break };
+            out.len += 1;
+            let system = message.role == "system" || message.role == "developer";
+            if !system || out.first.is_none() {
+                out.first = Some(match message.content {
+                    Some(RawPrompt::Text(text)) => Some(text),
+                    _ => None,
+                });
+                out.settled = !system;
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl RequestMeta {
@@ -112,25 +215,21 @@ impl RequestMeta {
                 let Some(messages) = &raw.messages else {
                     return Err(Error::Invalid("missing field `messages`".into()));
                 };
-                if messages.is_empty() {
+                if messages.len == 0 {
                     return Err(Error::Invalid("`messages` must not be empty".into()));
                 }
-                let first = messages
-                    .iter()
-                    .find(|m| m.role != "system" && m.role != "developer")
-                    .or(messages.first());
-                if let Some(RawMessage { content: Some(RawPrompt::Text(text)), .. }) = first {
+                if let Some(Some(text)) = &messages.first {
                     hash_source = text.as_bytes();
                 }
             }
             Endpoint::Completions => match &raw.prompt {
                 Some(RawPrompt::Text(text)) => hash_source = text.as_bytes(),
-                Some(RawPrompt::Other(_)) => {}
+                Some(RawPrompt::Other) => {}
                 None => return Err(Error::Invalid("missing field `prompt`".into())),
             },
             Endpoint::Embeddings => match &raw.input {
                 Some(RawPrompt::Text(text)) => hash_source = text.as_bytes(),
-                Some(RawPrompt::Other(_)) => {}
+                Some(RawPrompt::Other) => {}
                 None => return Err(Error::Invalid("missing field `input`".into())),
             },
         }
@@ -236,6 +335,33 @@ mod tests {
     fn rewrite_keeps_other_fields_in_order() {
         let out = rewrite_model(br#"{"z":1,"model":"alias","a":[1]}"#, "real").unwrap();
         assert_eq!(&out[..], br#"{"z":1,"model":"real","a":[1]}"#);
+    }
+
+    #[test]
+    fn the_prompt_hash_starts_at_the_first_non_system_message() {
+        let hash = |body: &[u8]| RequestMeta::parse(Endpoint::ChatCompletions, body).unwrap();
+        let user = br#"{"model":"m","messages":[{"role":"system","content":"s"},
+            {"role":"developer","content":"d"},{"role":"user","content":"hi\nthere"},
+            {"role":"user","content":"later"}]}"#;
+        assert_eq!(hash(user).prompt_hash, fnv1a(b"hi\nthere"));
+        let only_system = br#"{"model":"m","messages":[{"role":"system","content":"s"},
+            {"role":"system","content":"t"}]}"#;
+        assert_eq!(hash(only_system).prompt_hash, fnv1a(b"s"));
+        // Parts instead of text: no prompt hash, and nothing else is read from them.
+        let parts = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text",
+            "text":"x"}]},{"role":"user","content":"y"}],"prompt":{"a":[1,null,true,2.5]}}"#;
+        assert_eq!(hash(parts).prompt_hash, fnv1a(b""));
+        let null_content = br#"{"model":"m","messages":[{"role":"assistant","content":null}]}"#;
+        assert_eq!(hash(null_content).prompt_hash, fnv1a(b""));
+        let prompts = |body: &[u8]| RequestMeta::parse(Endpoint::Completions, body).unwrap();
+        assert_eq!(prompts(br#"{"model":"m","prompt":"p"}"#).prompt_hash, fnv1a(b"p"));
+        assert_eq!(prompts(br#"{"model":"m","prompt":["p"]}"#).prompt_hash, fnv1a(b""));
+        assert!(
+            RequestMeta::parse(Endpoint::ChatCompletions, br#"{"model":"m","messages":{}}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("an array of messages")
+        );
     }
 
     #[test]
