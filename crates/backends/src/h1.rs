@@ -635,8 +635,18 @@ fn decode_chunk(state: Chunk, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
     }
 }
 
+/// Where the first CRLF starts (a `memchr` for CR: cheaper than building a substring
+/// searcher for two bytes on every call).
 fn find_crlf(buf: &[u8]) -> Option<usize> {
-    memchr::memmem::find(buf, b"\r\n")
+    let mut from = 0;
+    while let Some(offset) = memchr::memchr(b'\r', &buf[from..]) {
+        let at = from + offset;
+        if buf.get(at + 1) == Some(&b'\n') {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -710,6 +720,14 @@ mod tests {
             let mut buf = BytesMut::from(&wire[..]);
             let _ = parse_head(&mut buf, &Method::POST);
         }
+    }
+
+    #[test]
+    fn crlf_is_found_past_lone_carriage_returns() {
+        assert_eq!(find_crlf(b"ab\r\n"), Some(2));
+        assert_eq!(find_crlf(b"a\rb\r\r\n"), Some(4));
+        assert_eq!(find_crlf(b"a\rb\r"), None);
+        assert_eq!(find_crlf(b""), None);
     }
 
     #[test]
