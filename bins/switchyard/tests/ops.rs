@@ -19,7 +19,7 @@ const CANARIES: [&str; 6] =
 
 mod common;
 
-use common::{Running, TempDir, free_port};
+use common::{Running, TempDir, free_port, request as http};
 
 fn temp_dir(tag: &str) -> TempDir {
     TempDir::new(&format!("ops-{tag}"))
@@ -27,16 +27,6 @@ fn temp_dir(tag: &str) -> TempDir {
 
 async fn start(dir: TempDir, config: &str, env: &[(&str, &str)]) -> Running {
     common::start(dir, config, env, Duration::from_secs(20)).await
-}
-
-async fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> std::io::Result<(u16, String)> {
-    common::request(port, method, path, headers, body).await
 }
 
 fn chat(model: &str, stream: bool) -> String {
