@@ -346,16 +346,22 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Response headers worth relaying to the client: end-to-end headers minus framing
 /// (`content-length` is recomputed by the server) and cookies.
 pub(crate) fn relay_headers(mut headers: HeaderMap) -> HeaderMap {
-    // Most answers carry one or two of these: look before removing (a removal hashes
-    // the name; this compares the few names present).
-    if !headers.keys().any(|name| {
+    let unwanted = |name: &HeaderName| {
         HOP_BY_HOP.contains(name)
             || name == header::CONTENT_LENGTH
             || name == header::SET_COOKIE
             || name == header::DATE
             || name == header::SERVER
-    }) {
-        return headers;
+    };
+    // Remove only what is present (usually `content-length`, often `date` and `server`):
+    // a removal hashes the name, and most of the list is never there.
+    let mut present: [Option<HeaderName>; 8] = Default::default();
+    let mut count = 0;
+    for name in headers.keys().filter(|name| unwanted(name)) {
+        if let Some(slot) = present.get_mut(count) {
+            *slot = Some(name.clone());
+        }
+        count += 1;
     }
     if let Some(named) = headers.get(header::CONNECTION).cloned()
         && let Ok(named) = named.to_str()
@@ -366,13 +372,19 @@ pub(crate) fn relay_headers(mut headers: HeaderMap) -> HeaderMap {
             }
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    if count > present.len() {
+        // More distinct unwanted names than slots (never seen in practice): remove all.
+        for name in HOP_BY_HOP {
+            headers.remove(name);
+        }
+        for name in [header::CONTENT_LENGTH, header::SET_COOKIE, header::DATE, header::SERVER] {
+            headers.remove(name);
+        }
+    } else {
+        for name in present.iter().flatten() {
+            headers.remove(name);
+        }
     }
-    headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::SET_COOKIE);
-    headers.remove(header::DATE);
-    headers.remove(header::SERVER);
     headers
 }
 
@@ -402,9 +414,26 @@ mod tests {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         headers.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("99"));
+        headers.insert(header::DATE, HeaderValue::from_static("Mon, 23 Nov 2026 18:00:00 GMT"));
+        headers.append(header::SET_COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::SET_COOKIE, HeaderValue::from_static("b=2"));
         let out = relay_headers(headers);
         let names: Vec<_> = out.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["content-type", "x-ratelimit-remaining-requests"]);
+        // Every unwanted name at once still leaves only the end-to-end headers.
+        let mut all = HeaderMap::new();
+        for name in HOP_BY_HOP.iter().chain(&[
+            header::CONTENT_LENGTH,
+            header::SET_COOKIE,
+            header::DATE,
+            header::SERVER,
+        ]) {
+            all.insert(name, HeaderValue::from_static("x"));
+        }
+        all.insert("x-kept", HeaderValue::from_static("1"));
+        let out = relay_headers(all);
+        let names: Vec<_> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
     }
 
     #[test]
