@@ -11,7 +11,7 @@ use crate::schema::Config;
 /// health checks, caches, auth keys, rate limits) applies on reload.
 pub fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
     let (o, n) = (old, new);
-    let checks: [(&'static str, bool); 17] = [
+    let checks: [(&'static str, bool); 18] = [
         ("server.bind_address", o.server.bind_address != n.server.bind_address),
         ("server.workers", o.server.workers != n.server.workers),
         ("server.tls", o.server.tls != n.server.tls),
@@ -27,6 +27,7 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
         ("inference.context_size", o.inference.context_size != n.inference.context_size),
         ("inference.max_concurrent", o.inference.max_concurrent != n.inference.max_concurrent),
         ("inference.max_queue", o.inference.max_queue != n.inference.max_queue),
+        ("inference.compact_q4_1", o.inference.compact_q4_1 != n.inference.compact_q4_1),
         ("cache.redis.url", o.cache.redis.url != n.cache.redis.url),
         ("rate_limit.redis.url", o.rate_limit.redis.url != n.rate_limit.redis.url),
     ];

@@ -971,6 +971,9 @@ pub struct InferenceConfig {
     pub max_concurrent: usize,
     /// Requests waiting for a slot; beyond it, 503 with Retry-After. Default 32.
     pub max_queue: usize,
+    /// Keep Q4_1 weights 4-bit in memory instead of widening them to Q8_0 at load: the
+    /// same output, ~40% less memory for those weights, slower decode. Default false.
+    pub compact_q4_1: bool,
 }
 
 impl Default for InferenceConfig {
@@ -983,6 +986,7 @@ impl Default for InferenceConfig {
             context_size: 2048,
             max_concurrent: 4,
             max_queue: 32,
+            compact_q4_1: false,
         }
     }
 }

@@ -333,6 +333,7 @@ pub(crate) fn inference_settings(config: &Config) -> InferenceSettings {
         context_size: inference.context_size,
         max_concurrent: inference.max_concurrent,
         max_queue: inference.max_queue,
+        compact_q4_1: inference.compact_q4_1,
         ..InferenceSettings::default()
     }
 }
@@ -395,5 +396,18 @@ request: { max_retries: 4 }
         assert_eq!(spec.backends[0].kind, "vllm");
         assert_eq!(spec.aliases["fast"], "m1");
         assert_eq!(spec.fallbacks["m1"], ["m2"]);
+    }
+
+    #[test]
+    fn inference_keys_reach_the_engine_settings() {
+        let config = Config::from_yaml_str(
+            "inference: { threads: 3, max_concurrent: 2, max_queue: 5, compact_q4_1: true }\n",
+        )
+        .unwrap();
+        let settings = inference_settings(&config);
+        assert_eq!((settings.threads, settings.max_concurrent, settings.max_queue), (3, 2, 5));
+        assert!(settings.compact_q4_1);
+        assert!(!inference_settings(&Config::default()).compact_q4_1);
+        assert!(settings.model_path.is_some(), "the default model path is filled in");
     }
 }
