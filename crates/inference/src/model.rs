@@ -103,8 +103,14 @@ struct Rows {
     start: usize,
 }
 
-/// One sequence's keys and values, `[position][kv_head][head_dim]` per layer. Grows as
-/// the sequence does; nothing is preallocated for the whole context.
+/// One sequence's keys and values of one layer, one vector per KV head.
+type LayerKv<'a> = (&'a [Vec<f32>], &'a [Vec<f32>]);
+
+/// One sequence's keys and values, `[position][head_dim]` per layer and KV head
+/// (entry `layer * kv_heads + kv_head`): each head's keys are one contiguous stream,
+/// which attention reads front to back (the hardware prefetchers follow it; a
+/// `[position][kv_head][head_dim]` layout made every head's read a strided one).
+/// Grows as the sequence does; nothing is preallocated for the whole context.
 pub(crate) struct KvCache {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
@@ -264,8 +270,8 @@ impl Model {
     /// An empty cache for one sequence.
     pub(crate) fn new_cache(&self) -> KvCache {
         KvCache {
-            k: vec![Vec::new(); self.config.layers],
-            v: vec![Vec::new(); self.config.layers],
+            k: vec![Vec::new(); self.config.layers * self.config.kv_heads],
+            v: vec![Vec::new(); self.config.layers * self.config.kv_heads],
             len: 0,
         }
     }
@@ -353,13 +359,22 @@ impl Model {
                     (r.off * q_dim..(r.off + r.m) * q_dim, r.off * kv_dim..(r.off + r.m) * kv_dim);
                 self.rope(&mut q[qs], c.heads, r.start, freqs);
                 self.rope(&mut k[ks.clone()], c.kv_heads, r.start, freqs);
-                seg.cache.k[li].extend_from_slice(&k[ks.clone()]);
-                seg.cache.v[li].extend_from_slice(&v[ks]);
+                let heads = li * c.kv_heads..(li + 1) * c.kv_heads;
+                for (kvh, (kc, vc)) in
+                    seg.cache.k[heads.clone()].iter_mut().zip(&mut seg.cache.v[heads]).enumerate()
+                {
+                    for i in 0..r.m {
+                        let at = ks.start + i * kv_dim + kvh * c.head_dim;
+                        kc.extend_from_slice(&k[at..at + c.head_dim]);
+                        vc.extend_from_slice(&v[at..at + c.head_dim]);
+                    }
+                }
             }
             let window = if layer.local { c.sliding_window } else { None };
-            let caches: Vec<(&[f32], &[f32])> = segments
+            let heads = li * c.kv_heads..(li + 1) * c.kv_heads;
+            let caches: Vec<LayerKv<'_>> = segments
                 .iter()
-                .map(|s| (s.cache.k[li].as_slice(), s.cache.v[li].as_slice()))
+                .map(|s| (&s.cache.k[heads.clone()], &s.cache.v[heads.clone()]))
                 .collect();
             let attn = self.attention(&q, &rows, &caches, window);
             let mut o = layer.wo.matmul(&attn, m);
@@ -372,10 +387,17 @@ impl Model {
             let mut gu = Weight::matmul_many(&[&layer.w_gate, &layer.w_up], &normed, m);
             let up = gu.pop().unwrap_or_default();
             let mut gate = gu.pop().unwrap_or_default();
-            if c.arch == Arch::Gemma3 {
-                gate.iter_mut().zip(&up).for_each(|(g, u)| *g = gelu_tanh(*g) * u);
+            let act: fn(f32) -> f32 = if c.arch == Arch::Gemma3 { gelu_tanh } else { silu };
+            let gated = |(g, u): (&mut [f32], &[f32])| {
+                g.iter_mut().zip(u).for_each(|(g, u)| *g = act(*g) * u);
+            };
+            // One `exp` (or `tanh`) per value: worth a parallel region for a batch of
+            // sequences (several rows), not for one row. The same per-element arithmetic.
+            if gate.len() >= ACT_PAR_MIN {
+                let n = ACT_PAR_MIN / 4;
+                gate.par_chunks_mut(n).zip(up.par_chunks(n)).for_each(gated);
             } else {
-                gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u);
+                gated((&mut gate, &up));
             }
             let mut down = layer.w_down.matmul(&gate, m);
             if let Some(w) = &layer.post_ffn_norm {
@@ -448,60 +470,73 @@ impl Model {
         &self,
         q: &[f32],
         rows: &[Rows],
-        caches: &[(&[f32], &[f32])],
+        caches: &[LayerKv<'_>],
         window: Option<usize>,
     ) -> Vec<f32> {
         let c = &self.config;
         let hd = c.head_dim;
         let group = c.heads / c.kv_heads;
-        let kv_stride = c.kv_heads * hd;
         #[allow(clippy::cast_precision_loss)]
         let scale = 1.0 / (hd as f32).sqrt();
-        let work = |seg: usize, head: usize, out: &mut [f32]| {
+        // One job per (segment, KV head): its `group` query heads share each key and
+        // value load, and their independent add chains interleave in the kernels.
+        let work = |seg: usize, kvh: usize, out: &mut [f32]| {
             let Rows { off, m, start } = rows[seg];
-            let (k, v) = caches[seg];
-            let kvh = head / group;
-            let mut scores = Vec::with_capacity(start + m);
+            let (k, v) = (&caches[seg].0[kvh], &caches[seg].1[kvh]);
+            let mut scores = Vec::with_capacity(group * (start + m));
             for i in 0..m {
                 let pos = start + i;
                 let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                let qi = &q[((off + i) * c.heads + head) * hd..][..hd];
+                let n = pos + 1 - lo;
+                let qs: Vec<&[f32]> = (0..group)
+                    .map(|g| &q[((off + i) * c.heads + kvh * group + g) * hd..][..hd])
+                    .collect();
                 scores.clear();
-                scores.resize(pos + 1 - lo, 0.0);
-                kernels::dot_rows(qi, &k[lo * kv_stride + kvh * hd..], kv_stride, &mut scores);
-                scores.iter_mut().for_each(|s| *s *= scale);
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                let mut sum = 0f32;
-                for s in &mut scores {
-                    *s = (*s - max).exp();
-                    sum += *s;
+                scores.resize(group * n, 0.0);
+                kernels::dot_rows_many(&qs, &k[lo * hd..], hd, &mut scores, n);
+                for sc in scores.chunks_exact_mut(n) {
+                    sc.iter_mut().for_each(|s| *s *= scale);
+                    let max = max_of(sc);
+                    let mut sum = 0f32;
+                    for s in &mut *sc {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    sc.iter_mut().for_each(|s| *s /= sum);
                 }
-                scores.iter_mut().for_each(|s| *s /= sum);
-                weighted_sum(
-                    &mut out[i * hd..(i + 1) * hd],
-                    &scores,
-                    &v[lo * kv_stride + kvh * hd..],
-                    kv_stride,
-                );
+                // Head `g`'s row `i` is at `(g * m + i) * hd` of this job's block.
+                let vs = &v[lo * hd..];
+                let ws: Vec<&[f32]> = scores.chunks_exact(n).collect();
+                let mut outs: Vec<&mut [f32; 64]> = out
+                    .chunks_exact_mut(m * hd)
+                    .filter_map(|o| <&mut [f32; 64]>::try_from(&mut o[i * hd..(i + 1) * hd]).ok())
+                    .collect();
+                if outs.len() == group && kernels::weighted_sum_64_many(&mut outs, &ws, vs, hd) {
+                    continue;
+                }
+                drop(outs);
+                for (o, w) in out.chunks_exact_mut(m * hd).zip(&ws) {
+                    weighted_sum(&mut o[i * hd..(i + 1) * hd], w, vs, hd);
+                }
             }
         };
         // Per segment, per head: [m][hd]; then interleave to [rows][heads][hd].
         let total: usize = rows.iter().map(|r| r.m).sum();
         let mut per_head = vec![0f32; total * c.heads * hd];
-        let mut jobs: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(rows.len() * c.heads);
+        let mut jobs: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(rows.len() * c.kv_heads);
         let mut rest = per_head.as_mut_slice();
         for (seg, r) in rows.iter().enumerate() {
-            for head in 0..c.heads {
-                let (chunk, tail) = rest.split_at_mut(r.m * hd);
-                jobs.push((seg, head, chunk));
+            for kvh in 0..c.kv_heads {
+                let (chunk, tail) = rest.split_at_mut(group * r.m * hd);
+                jobs.push((seg, kvh, chunk));
                 rest = tail;
             }
         }
         let cost: usize = rows.iter().map(|r| r.m * (r.start + r.m)).sum();
         if cost >= 64 {
-            jobs.into_par_iter().for_each(|(seg, head, out)| work(seg, head, out));
+            jobs.into_par_iter().for_each(|(seg, kvh, out)| work(seg, kvh, out));
         } else {
-            jobs.into_iter().for_each(|(seg, head, out)| work(seg, head, out));
+            jobs.into_iter().for_each(|(seg, kvh, out)| work(seg, kvh, out));
         }
         let mut out = vec![0f32; total * c.heads * hd];
         for r in rows {
@@ -536,11 +571,14 @@ fn inv_freq_fn(dim: usize, base: f32) -> Vec<f32> {
 /// `out = sum_t w[t] * v_t` with `v_t = v[t * stride..][..out.len()]`: the same
 /// operations in the same order as `out.fill(0.0)` then `out[j] += w[t] * v_t[j]` for
 /// each `t` in turn, with 64 outputs at a time held in registers across `t` instead of
-/// going through memory.
+/// going through memory (in four 512-bit registers where the CPU has AVX-512).
 fn weighted_sum(out: &mut [f32], w: &[f32], v: &[f32], stride: usize) {
     const C: usize = 64;
     for (c, oc) in out.chunks_mut(C).enumerate() {
         if let Ok(oc) = <&mut [f32; C]>::try_from(&mut *oc) {
+            if kernels::weighted_sum_64(oc, w, &v[c * C..], stride) {
+                continue;
+            }
             let mut acc = [0f32; C];
             for (t, &wt) in w.iter().enumerate() {
                 let Ok(vt) = <&[f32; C]>::try_from(&v[t * stride + c * C..][..C]) else { continue };
@@ -557,6 +595,21 @@ fn weighted_sum(out: &mut [f32], w: &[f32], v: &[f32], stride: usize) {
             }
         }
     }
+}
+
+/// The largest of `v` (NaNs ignored, `-inf` when empty): `f32::max` is exact and
+/// order-free apart from NaNs, which it skips whatever the order, so sixteen running
+/// maxima combined at the end give the sequential fold's value and vectorise.
+fn max_of(v: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = v.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, x) in lanes.iter_mut().zip(c) {
+            *l = l.max(*x);
+        }
+    }
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    lanes.iter().fold(tail, |m, &x| m.max(x))
 }
 
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -591,6 +644,10 @@ fn add_bias(x: &mut [f32], b: &[f32]) {
         row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
     }
 }
+
+/// Values of the gated activation from which it runs as a parallel region (three rows
+/// of SmolLM2's 1536-wide feed-forward layer; one row costs ~5 us).
+const ACT_PAR_MIN: usize = 4096;
 
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
@@ -826,6 +883,21 @@ mod tests {
         ];
         assert!(model.forward_batch(&mut segments).is_err());
         assert!(model.forward_batch(&mut []).is_err());
+    }
+
+    #[test]
+    fn max_of_equals_the_sequential_fold() {
+        let mut seed = 3;
+        for n in [0, 1, 15, 16, 17, 40, 130] {
+            let mut v = values(n, &mut seed, 5.0);
+            let fold = |v: &[f32]| v.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            assert_eq!(max_of(&v).to_bits(), fold(&v).to_bits(), "n={n}");
+            if n > 2 {
+                v[1] = f32::NAN;
+                v[n - 1] = f32::INFINITY;
+                assert_eq!(max_of(&v).to_bits(), fold(&v).to_bits(), "n={n} with NaN");
+            }
+        }
     }
 
     #[test]

@@ -557,3 +557,155 @@ fn expand_q41(w: &Q41Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
 }
 
 const _: () = assert!(std::mem::size_of::<ActBlock>() == 192 && QK == 32);
+
+/// One block of activations quantised to Q8_0 exactly as `quant::encode_q8_0` does it
+/// for finite values (the largest magnitude, `d = amax / 127`, `id = 1 / d`, quants
+/// `trunc(v * id + copysign(0.49999997, v * id))`): the f16 bits of `d` and the quants.
+/// Quantising the activations runs once per matrix product and activation row; the
+/// scalar form cost ~50 ns a block, a visible share of a batched decode step.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
+pub(super) unsafe fn quantize_block(vals: &[f32; QK], qs: &mut [i8; QK]) -> u16 {
+    // SAFETY: two 16-float loads inside `vals`.
+    let (a, b) = unsafe { (_mm512_loadu_ps(vals.as_ptr()), _mm512_loadu_ps(vals[16..].as_ptr())) };
+    // The maximum of non-NaN magnitudes does not depend on the order of comparisons.
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let idv = _mm512_set1_ps(id);
+    let sign = _mm512_set1_epi32(i32::MIN);
+    let half = _mm512_set1_epi32(0.499_999_97f32.to_bits().cast_signed());
+    for (h, v) in [a, b].into_iter().enumerate() {
+        let x = _mm512_mul_ps(v, idv);
+        // `0.49999997` with `x`'s sign, added, then truncated towards zero.
+        let bias = _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xEA>(
+            _mm512_castps_si512(x),
+            sign,
+            half,
+        ));
+        let q = _mm512_cvttps_epi32(_mm512_add_ps(x, bias));
+        // SAFETY: 16 bytes at `16 * h`, inside `qs`.
+        unsafe { _mm_storeu_si128(qs[16 * h..].as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q)) };
+    }
+    half::f16::from_f32(d).to_bits()
+}
+
+/// See [`super::weighted_sum_64`] (which checked that `v` covers every row).
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[target_feature(enable = "avx512f,avx2")]
+pub(super) unsafe fn weighted_sum_64(out: &mut [f32; 64], w: &[f32], v: &[f32], stride: usize) {
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for (t, &wt) in w.iter().enumerate() {
+        let row = v[t * stride..].as_ptr();
+        let wv = _mm512_set1_ps(wt);
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: 16 floats at `16 * j` of row `t`, inside `v` (checked by the caller).
+            let x = unsafe { _mm512_loadu_ps(row.add(16 * j)) };
+            *a = _mm512_add_ps(*a, _mm512_mul_ps(wv, x));
+        }
+    }
+    for (j, a) in acc.iter().enumerate() {
+        // SAFETY: 16 floats at `16 * j`, inside `out`.
+        unsafe { _mm512_storeu_ps(out[16 * j..].as_mut_ptr(), *a) };
+    }
+}
+
+/// [`weighted_sum_64`] for `G` heads sharing the values (the query heads of one KV
+/// group): each head's sums in the same order as alone, the `G` heads' independent
+/// add chains interleaved (one head alone waits on its adds' latency).
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[target_feature(enable = "avx512f,avx2")]
+pub(super) unsafe fn weighted_sum_64_many<const G: usize>(
+    out: [&mut [f32; 64]; G],
+    w: [&[f32]; G],
+    v: &[f32],
+    stride: usize,
+) {
+    let n = w.iter().map(|w| w.len()).min().unwrap_or(0);
+    let mut acc = [[_mm512_setzero_ps(); 4]; G];
+    for t in 0..n {
+        let row = v[t * stride..].as_ptr();
+        // The cache is read front to back once per step, mostly from memory (a head's
+        // values are contiguous when `stride == 64`): fetch a few KiB ahead.
+        for l in 0..4 {
+            _mm_prefetch::<_MM_HINT_T0>(
+                row.wrapping_add(16 * l).wrapping_byte_add(PREFETCH_BYTES).cast(),
+            );
+        }
+        // SAFETY: 64 floats of row `t`, inside `v` (checked by the caller).
+        let x: [__m512; 4] = std::array::from_fn(|j| unsafe { _mm512_loadu_ps(row.add(16 * j)) });
+        for (a, w) in acc.iter_mut().zip(&w) {
+            let wv = _mm512_set1_ps(w[t]);
+            for (a, x) in a.iter_mut().zip(&x) {
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(wv, *x));
+            }
+        }
+    }
+    for (o, a) in out.into_iter().zip(&acc) {
+        for (j, a) in a.iter().enumerate() {
+            // SAFETY: 16 floats at `16 * j`, inside `o`.
+            unsafe { _mm512_storeu_ps(o[16 * j..].as_mut_ptr(), *a) };
+        }
+    }
+}
+
+/// [`super::dot_rows`] for `G` queries sharing the keys, `out[g * n + t]` for `t` in
+/// `0..n`: per query the same lane sums as [`super::dot`], the queries' independent
+/// add chains interleaved four keys at a time.
+///
+/// # Safety
+/// The CPU has AVX-512 F/VL (32 vector registers), and `k` covers every row.
+#[target_feature(enable = "avx512f,avx512vl,avx2")]
+pub(super) unsafe fn dot_rows_many<const G: usize>(
+    q: [&[f32]; G],
+    k: &[f32],
+    stride: usize,
+    out: &mut [f32],
+    n: usize,
+) {
+    let hd = q[0].len();
+    let mut t = 0;
+    while t + 4 <= n {
+        let rows: [&[f32]; 4] = std::array::from_fn(|i| &k[(t + i) * stride..][..hd]);
+        // As in `weighted_sum_64_many`: the keys stream from memory, fetch ahead.
+        for row in rows {
+            for l in 0..hd.div_ceil(16) {
+                let at = row.as_ptr().wrapping_add(16 * l).wrapping_byte_add(PREFETCH_BYTES);
+                _mm_prefetch::<_MM_HINT_T0>(at.cast());
+            }
+        }
+        let mut acc = [[_mm256_setzero_ps(); 4]; G];
+        for c in 0..hd / 8 {
+            // SAFETY: 8 floats at `8 * c` of each key row (`hd` long).
+            let y: [__m256; 4] =
+                std::array::from_fn(|i| unsafe { _mm256_loadu_ps(rows[i][8 * c..].as_ptr()) });
+            for (a, q) in acc.iter_mut().zip(&q) {
+                // SAFETY: 8 floats at `8 * c` of the query (`hd` long).
+                let x = unsafe { _mm256_loadu_ps(q[8 * c..].as_ptr()) };
+                for (a, y) in a.iter_mut().zip(&y) {
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(x, *y));
+                }
+            }
+        }
+        for (g, a) in acc.iter().enumerate() {
+            for (i, (a, row)) in a.iter().zip(&rows).enumerate() {
+                let mut lanes = [0f32; 8];
+                // SAFETY: `lanes` holds 8 floats.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
+                out[g * n + t + i] = super::dot_finish(&lanes, q[g], row);
+            }
+        }
+        t += 4;
+    }
+    for (g, q) in q.iter().enumerate() {
+        for t in t..n {
+            out[g * n + t] = super::dot(q, &k[t * stride..][..hd]);
+        }
+    }
+}

@@ -177,13 +177,23 @@ impl QuantActs {
         self.blocks.clear();
         self.blocks.resize(m * nb, ZERO_ACT);
         let mut bytes = [0u8; 34];
+        let fast = cfg!(target_arch = "x86_64") && level() == Level::Avx512;
         for ((vals, d), block) in x[..m * k].chunks_exact(QK).zip(&mut self.d).zip(&mut self.blocks)
         {
             let Ok(vals) = <&[f32; QK]>::try_from(vals) else { continue };
-            crate::quant::encode_q8_0(vals, &mut bytes);
-            *d = f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
-            for (q, b) in block.qs.iter_mut().zip(&bytes[2..]) {
-                *q = i8::from_le_bytes([*b]);
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: `level` checked AVX-512 (which includes F16C here).
+                #[allow(unsafe_code)]
+                let bits = unsafe { avx512::quantize_block(vals, &mut block.qs) };
+                *d = f16::from_bits(bits).to_f32();
+            }
+            if !fast {
+                crate::quant::encode_q8_0(vals, &mut bytes);
+                *d = f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
+                for (q, b) in block.qs.iter_mut().zip(&bytes[2..]) {
+                    *q = i8::from_le_bytes([*b]);
+                }
             }
             for (c, group) in block.neg_corr.iter_mut().zip(block.qs.chunks_exact(4)) {
                 *c = -128 * group.iter().map(|&v| i32::from(v)).sum::<i32>();
@@ -512,6 +522,99 @@ pub(crate) fn dot_rows(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
     }
 }
 
+/// `out = sum_t w[t] * v[t * stride..][..64]` with the model's weighted-sum arithmetic
+/// (`out[j] = 0.0`, then `out[j] += w[t] * v_t[j]` for each `t` in turn, multiply then
+/// add) in 512-bit registers, when the CPU has AVX-512; returns false (and leaves
+/// `out` alone) otherwise, for the caller's portable loop. Panics if `v` is too short.
+pub(crate) fn weighted_sum_64(out: &mut [f32; 64], w: &[f32], v: &[f32], stride: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        if let Some(last) = w.len().checked_sub(1) {
+            assert!(last * stride + 64 <= v.len(), "values cover every row");
+        }
+        // SAFETY: `level` checked AVX-512; the assertion above covers the loads.
+        #[allow(unsafe_code)]
+        unsafe {
+            avx512::weighted_sum_64(out, w, v, stride)
+        };
+        return true;
+    }
+    let _ = (out, w, v, stride);
+    false
+}
+
+/// [`dot_rows`] for several queries over the same keys (the query heads of one KV
+/// group): `out[g * n + t] = dot(qs[g], k[t * stride..])` for `t` in `0..n`, bit-identical
+/// to [`dot_rows`] per query. One query's dot products wait on the latency of their
+/// adds; 2-4 queries at once interleave independent chains (AVX-512 CPUs), so the
+/// group costs about what one query did. Panics if `k` is too short or the queries
+/// differ in length.
+pub(crate) fn dot_rows_many(qs: &[&[f32]], k: &[f32], stride: usize, out: &mut [f32], n: usize) {
+    let hd = qs.first().map_or(0, |q| q.len());
+    assert!(qs.iter().all(|q| q.len() == hd) && out.len() >= qs.len() * n, "query shapes");
+    if let Some(last) = n.checked_sub(1) {
+        assert!(last * stride + hd <= k.len(), "keys cover every row");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY (all arms): `level` checked AVX-512 F/VL; the assertions above cover
+        // the key rows.
+        #[allow(unsafe_code)]
+        match *qs {
+            [a, b] => return unsafe { avx512::dot_rows_many([a, b], k, stride, out, n) },
+            [a, b, c] => return unsafe { avx512::dot_rows_many([a, b, c], k, stride, out, n) },
+            [a, b, c, d] => {
+                return unsafe { avx512::dot_rows_many([a, b, c, d], k, stride, out, n) };
+            }
+            _ => {}
+        }
+    }
+    for (q, o) in qs.iter().zip(out.chunks_mut(n.max(1))) {
+        dot_rows(q, k, stride, &mut o[..n]);
+    }
+}
+
+/// [`weighted_sum_64`] for 2-4 heads sharing the values, each with its own weights
+/// (the same arithmetic per head; their add chains interleaved). Returns false, doing
+/// nothing, where the CPU lacks AVX-512 or the head count is outside 2-4.
+pub(crate) fn weighted_sum_64_many(
+    out: &mut [&mut [f32; 64]],
+    w: &[&[f32]],
+    v: &[f32],
+    stride: usize,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 && out.len() == w.len() {
+        let n = w.iter().map(|w| w.len()).min().unwrap_or(0);
+        assert!(w.iter().all(|w| w.len() == n), "weights of one length");
+        if let Some(last) = n.checked_sub(1) {
+            assert!(last * stride + 64 <= v.len(), "values cover every row");
+        }
+        // SAFETY (all arms): `level` checked AVX-512; the assertions cover the loads.
+        #[allow(unsafe_code)]
+        match (out, w) {
+            ([a, b], &[wa, wb]) => {
+                unsafe { avx512::weighted_sum_64_many([a, b], [wa, wb], v, stride) };
+                return true;
+            }
+            ([a, b, c], &[wa, wb, wc]) => {
+                unsafe { avx512::weighted_sum_64_many([a, b, c], [wa, wb, wc], v, stride) };
+                return true;
+            }
+            ([a, b, c, d], &[wa, wb, wc, wd]) => {
+                unsafe {
+                    avx512::weighted_sum_64_many([a, b, c, d], [wa, wb, wc, wd], v, stride);
+                };
+                return true;
+            }
+            _ => {}
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (out, w, v, stride);
+    false
+}
+
 /// candle's `hsum_float_8` on eight lanes, operation for operation.
 fn hsum8(a: &[f32; 8]) -> f32 {
     let r = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
@@ -698,6 +801,96 @@ mod tests {
                     let s: i32 = b.qs[4 * l..4 * l + 4].iter().map(|&v| i32::from(v)).sum();
                     assert_eq!(b.neg_corr[l], -128 * s);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_activation_quantisation_is_bit_identical_to_encode_q8_0() {
+        #[cfg(target_arch = "x86_64")]
+        if level() == Level::Avx512 {
+            let mut blocks: Vec<[f32; QK]> = Vec::new();
+            for (seed, scale) in [(1, 1.0), (2, 1e-6), (3, 3e4), (4, 0.5), (5, 1e-30)] {
+                let v = values(QK * 64, seed, scale);
+                blocks.extend(v.chunks_exact(QK).map(|c| <[f32; QK]>::try_from(c).unwrap()));
+            }
+            blocks.push([0.0; QK]);
+            blocks.push([-0.0; QK]);
+            // Exact halves after scaling, the extreme at either sign, a lone value.
+            blocks.push(std::array::from_fn(|i| (i as f32 - 16.0) * 0.5));
+            blocks.push(std::array::from_fn(|i| if i == 7 { -127.0 } else { i as f32 }));
+            blocks.push(std::array::from_fn(|i| if i == 31 { 1e-3 } else { 0.0 }));
+            for vals in &blocks {
+                let mut want = [0u8; 34];
+                crate::quant::encode_q8_0(vals, &mut want);
+                let mut qs = [0i8; QK];
+                // SAFETY: the CPU has AVX-512 (checked above).
+                #[allow(unsafe_code)]
+                let d = unsafe { avx512::quantize_block(vals, &mut qs) };
+                assert_eq!(d.to_le_bytes(), [want[0], want[1]], "{vals:?}");
+                let got: Vec<u8> = qs.iter().map(|q| q.to_le_bytes()[0]).collect();
+                assert_eq!(got, want[2..], "{vals:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn dot_rows_many_is_bit_identical_to_dot_per_query() {
+        for (hd, n, stride, g) in [
+            (64, 9, 64, 3),
+            (64, 4, 192, 2),
+            (64, 130, 64, 4),
+            (19, 6, 23, 3),
+            (8, 1, 8, 5),
+            (64, 0, 64, 3),
+            (64, 7, 64, 1),
+        ] {
+            let q = values(g * hd, (hd + n) as u64, 2.0);
+            let qs: Vec<&[f32]> = q.chunks_exact(hd).collect();
+            let k = values(n * stride + hd, n as u64 + 11, 2.0);
+            let mut got = vec![f32::NAN; g * n];
+            dot_rows_many(&qs, &k, stride, &mut got, n);
+            let want: Vec<f32> = qs
+                .iter()
+                .flat_map(|q| (0..n).map(|t| dot(q, &k[t * stride..][..hd])).collect::<Vec<_>>())
+                .collect();
+            assert_eq!(bits(&got), bits(&want), "hd={hd} n={n} g={g}");
+        }
+    }
+
+    #[test]
+    fn weighted_sums_of_a_kv_group_are_bit_identical_to_the_plain_loop() {
+        for (n, stride, g) in [(7, 64, 3), (1, 192, 2), (130, 64, 4), (0, 64, 3), (5, 64, 5)] {
+            let v = values(n * stride + 64, n as u64 + 5, 3.0);
+            let w = values(g * n, g as u64 + 1, 1.0);
+            let ws: Vec<&[f32]> = if n == 0 { vec![&[]; g] } else { w.chunks_exact(n).collect() };
+            let want: Vec<Vec<f32>> = ws
+                .iter()
+                .map(|w| {
+                    let mut o = vec![0f32; 64];
+                    for (t, wt) in w.iter().enumerate() {
+                        o.iter_mut().zip(&v[t * stride..][..64]).for_each(|(a, b)| *a += wt * b);
+                    }
+                    o
+                })
+                .collect();
+            let mut got = vec![[f32::NAN; 64]; g];
+            let mut outs: Vec<&mut [f32; 64]> = got.iter_mut().collect();
+            let done = weighted_sum_64_many(&mut outs, &ws, &v, stride);
+            let mut one = [f32::NAN; 64];
+            let single = weighted_sum_64(&mut one, ws[0], &v, stride);
+            #[cfg(target_arch = "x86_64")]
+            if level() == Level::Avx512 {
+                assert_eq!(done, (2..=4).contains(&g), "g={g}");
+                assert!(single);
+            }
+            if done {
+                for (got, want) in got.iter().zip(&want) {
+                    assert_eq!(bits(got), bits(want), "n={n} g={g}");
+                }
+            }
+            if single {
+                assert_eq!(bits(&one), bits(&want[0]), "n={n} one head");
             }
         }
     }
