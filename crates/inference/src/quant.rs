@@ -499,11 +499,62 @@ fn quantize_activations<V: GgmlType>(x: &[f32], m: usize, k: usize) -> Vec<V> {
 /// The driver for this crate's kernels: quantise the activations once, then compute
 /// output columns in parallel tasks over all the weights.
 fn matmul_fast(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    if m > 1 && m <= SCATTER_MAX_ROWS {
+        return matmul_fast_scatter(weights, x, m);
+    }
     let mut outs = matmul_fast_cols(weights, x, m);
     if m > 1 {
         for out in &mut outs {
             *out = transpose(out, m);
         }
+    }
+    outs
+}
+
+/// Up to this many activation rows (a batched decode step), each task of
+/// [`matmul_fast`] turns its column-major block into row-major itself, from a buffer on
+/// its stack: the transpose runs inside the parallel region, on data still in L1.
+const SCATTER_MAX_ROWS: usize = 8;
+
+/// [`matmul_fast`] for `2..=SCATTER_MAX_ROWS` rows: the same tasks and kernel calls,
+/// each task writing its columns straight into the row-major outputs.
+fn matmul_fast_scatter(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    let Some(first) = weights.first() else { return Vec::new() };
+    let k = first.cols();
+    debug_assert!(weights.iter().all(|w| w.cols() == k));
+    debug_assert_eq!(x.len(), m * k);
+    let acts = QuantActs::new(x, m, k);
+    let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; w.rows() * m]).collect();
+    {
+        // Task `t` of a weight owns columns [t * COLS, (t + 1) * COLS) of each of the
+        // `m` output rows: `m` consecutive entries of `slices`.
+        let mut tasks: Vec<(&Weight, usize)> = Vec::new();
+        let mut slices: Vec<&mut [f32]> = Vec::new();
+        for (w, out) in weights.iter().zip(outs.iter_mut()) {
+            let n = w.rows();
+            let mut rows: Vec<_> = out.chunks_mut(n).map(|r| r.chunks_mut(COLS_PER_TASK)).collect();
+            for t in 0..n.div_ceil(COLS_PER_TASK) {
+                tasks.push((w, t * COLS_PER_TASK));
+                slices.extend(rows.iter_mut().filter_map(Iterator::next));
+            }
+        }
+        let acts = &acts;
+        tasks.into_par_iter().zip(slices.par_chunks_mut(m)).for_each(|((w, col0), rows)| {
+            let ncols = rows.first().map_or(0, |r| r.len());
+            let mut buf = [0f32; COLS_PER_TASK * SCATTER_MAX_ROWS];
+            let chunk = &mut buf[..ncols * m];
+            let cols = col0..col0 + ncols;
+            match w {
+                Weight::Q8x(q) => kernels::matmul_q8(q, cols, acts, chunk),
+                Weight::Q41x(q) => kernels::matmul_q41(q, cols, acts, chunk),
+                _ => {}
+            }
+            for (i, row) in rows.iter_mut().enumerate() {
+                for (o, col) in row.iter_mut().zip(chunk.chunks_exact(m)) {
+                    *o = col[i];
+                }
+            }
+        });
     }
     outs
 }
@@ -720,6 +771,25 @@ mod tests {
                     assert_eq!(got.as_slice(), want, "m={m}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn scattered_matmul_equals_the_transposed_one() {
+        let (rows, cols) = (70, 64);
+        let w = pseudo_random(rows * cols, 13);
+        let raw = dispatch!(&f32_weight(&w, rows, cols).to_q8_0(), b => raw_bytes(b));
+        let formats = Formats { requantize: true, fast: true, compact_q4_1: false };
+        let fast = Weight::load(GgmlDType::Q8_0, &raw, &[rows, cols], formats).unwrap();
+        if !matches!(fast, Weight::Q8x(_)) {
+            return;
+        }
+        for m in 2..=SCATTER_MAX_ROWS + 1 {
+            let x = pseudo_random(m * cols, 20 + m as u32);
+            let want = transpose(&matmul_fast_cols(&[&fast], &x, m)[0], m);
+            let got = Weight::matmul_many(&[&fast, &fast], &x, m);
+            assert_eq!(got[0], want, "m={m}");
+            assert_eq!(got[1], want, "m={m}");
         }
     }
 
