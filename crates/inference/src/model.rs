@@ -420,10 +420,8 @@ impl Model {
             rms_norm_rows(&x[row * h..(row + 1) * h], &self.output_norm, c.eps, out);
         }
         let out = self.output.as_ref().unwrap_or(&self.embeddings);
-        let logits = out.matmul(&last, wanted.len());
-        let vocab = out.rows();
-        for (chunk, &i) in logits.chunks(vocab).zip(&wanted) {
-            results[i] = chunk.to_vec();
+        for (row, &i) in out.matmul_rows(&last, wanted.len()).into_iter().zip(&wanted) {
+            results[i] = row;
         }
         Ok(results)
     }

@@ -277,6 +277,18 @@ impl Weight {
         Weight::matmul_many(&[self], x, m).pop().unwrap_or_default()
     }
 
+    /// [`Weight::matmul`] with each of the `m` output rows in a vector of its own
+    /// (the logits of each sequence): one copy out of the kernels' column-major layout
+    /// instead of a transpose and a copy per row.
+    pub(crate) fn matmul_rows(&self, x: &[f32], m: usize) -> Vec<Vec<f32>> {
+        if matches!(self, Weight::Q8x(_) | Weight::Q41x(_)) {
+            let cols = matmul_fast_cols(&[self], x, m).pop().unwrap_or_default();
+            return split_rows(&cols, m);
+        }
+        let out = self.matmul(x, m);
+        out.chunks(self.rows()).map(<[f32]>::to_vec).collect()
+    }
+
     /// Several products sharing one input, in one parallel region when the weights
     /// have the same kind of kernel (q/k/v, gate/up).
     pub(crate) fn matmul_many(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
@@ -487,6 +499,68 @@ fn quantize_activations<V: GgmlType>(x: &[f32], m: usize, k: usize) -> Vec<V> {
 /// The driver for this crate's kernels: quantise the activations once, then compute
 /// output columns in parallel tasks over all the weights.
 fn matmul_fast(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    if m > 1 && m <= SCATTER_MAX_ROWS {
+        return matmul_fast_scatter(weights, x, m);
+    }
+    let mut outs = matmul_fast_cols(weights, x, m);
+    if m > 1 {
+        for out in &mut outs {
+            *out = transpose(out, m);
+        }
+    }
+    outs
+}
+
+/// Up to this many activation rows (a batched decode step), each task of
+/// [`matmul_fast`] turns its column-major block into row-major itself, from a buffer on
+/// its stack: the transpose runs inside the parallel region, on data still in L1.
+const SCATTER_MAX_ROWS: usize = 8;
+
+/// [`matmul_fast`] for `2..=SCATTER_MAX_ROWS` rows: the same tasks and kernel calls,
+/// each task writing its columns straight into the row-major outputs.
+fn matmul_fast_scatter(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    let Some(first) = weights.first() else { return Vec::new() };
+    let k = first.cols();
+    debug_assert!(weights.iter().all(|w| w.cols() == k));
+    debug_assert_eq!(x.len(), m * k);
+    let acts = QuantActs::new(x, m, k);
+    let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; w.rows() * m]).collect();
+    {
+        // Task `t` of a weight owns columns [t * COLS, (t + 1) * COLS) of each of the
+        // `m` output rows: `m` consecutive entries of `slices`.
+        let mut tasks: Vec<(&Weight, usize)> = Vec::new();
+        let mut slices: Vec<&mut [f32]> = Vec::new();
+        for (w, out) in weights.iter().zip(outs.iter_mut()) {
+            let n = w.rows();
+            let mut rows: Vec<_> = out.chunks_mut(n).map(|r| r.chunks_mut(COLS_PER_TASK)).collect();
+            for t in 0..n.div_ceil(COLS_PER_TASK) {
+                tasks.push((w, t * COLS_PER_TASK));
+                slices.extend(rows.iter_mut().filter_map(Iterator::next));
+            }
+        }
+        let acts = &acts;
+        tasks.into_par_iter().zip(slices.par_chunks_mut(m)).for_each(|((w, col0), rows)| {
+            let ncols = rows.first().map_or(0, |r| r.len());
+            let mut buf = [0f32; COLS_PER_TASK * SCATTER_MAX_ROWS];
+            let chunk = &mut buf[..ncols * m];
+            let cols = col0..col0 + ncols;
+            match w {
+                Weight::Q8x(q) => kernels::matmul_q8(q, cols, acts, chunk),
+                Weight::Q41x(q) => kernels::matmul_q41(q, cols, acts, chunk),
+                _ => {}
+            }
+            for (i, row) in rows.iter_mut().enumerate() {
+                for (o, col) in row.iter_mut().zip(chunk.chunks_exact(m)) {
+                    *o = col[i];
+                }
+            }
+        });
+    }
+    outs
+}
+
+/// [`matmul_fast`] without the final transpose: each output column-major `[n][m]`.
+fn matmul_fast_cols(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
     let Some(first) = weights.first() else { return Vec::new() };
     let k = first.cols();
     debug_assert!(weights.iter().all(|w| w.cols() == k));
@@ -510,31 +584,23 @@ fn matmul_fast(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
             }
         });
     }
-    if m > 1 {
-        for out in &mut outs {
-            *out = transpose(out, m);
-        }
-    }
     outs
 }
 
 /// Column-major `[n][m]` to row-major `[m][n]`.
 fn transpose(colmajor: &[f32], m: usize) -> Vec<f32> {
-    let n = colmajor.len() / m;
-    let mut t = vec![0f32; n * m];
-    // Blocks of 16 columns: their `16 * m` source values sit together, and each output
-    // row gets a contiguous run of 16 (no bounds checks in the inner loop).
-    for (c, block) in colmajor.chunks(16 * m).enumerate() {
-        for (i, row) in t.chunks_exact_mut(n).enumerate() {
-            let out = &mut row[16 * c..];
-            for (o, col) in out.iter_mut().zip(block.chunks_exact(m)) {
-                if let Some(v) = col.get(i) {
-                    *o = *v;
-                }
-            }
-        }
+    let mut t = Vec::with_capacity(colmajor.len());
+    // Row by row, each a strided read of the (cache-resident) source: no zero fill of
+    // the fresh buffer, no per-element bounds check.
+    for i in 0..m.min(colmajor.len()) {
+        t.extend(colmajor[i..].iter().step_by(m).copied());
     }
     t
+}
+
+/// Column-major `[n][m]` to `m` separate rows of `n` values.
+fn split_rows(colmajor: &[f32], m: usize) -> Vec<Vec<f32>> {
+    (0..m.min(colmajor.len())).map(|i| colmajor[i..].iter().step_by(m).copied().collect()).collect()
 }
 
 /// The shared driver: quantise the activations once to each weight's dot-product
@@ -681,6 +747,62 @@ mod tests {
             let mut slow = vec![BlockQ8_0::zeros(); m * k / 32];
             BlockQ8_0::from_float(&x, &mut slow);
             assert!(fast == slow, "m={m} k={k}");
+        }
+    }
+
+    #[test]
+    fn matmul_rows_equals_the_rows_of_matmul() {
+        let (rows, cols) = (70, 64);
+        let w = pseudo_random(rows * cols, 11);
+        let dense = f32_weight(&w, rows, cols);
+        let raw = dispatch!(&dense.to_q8_0(), b => raw_bytes(b));
+        let formats = Formats { requantize: true, fast: true, compact_q4_1: false };
+        let fast = Weight::load(GgmlDType::Q8_0, &raw, &[rows, cols], formats).unwrap();
+        if kernels::level() != kernels::Level::Portable {
+            assert!(matches!(fast, Weight::Q8x(_)));
+        }
+        for weight in [&dense, &fast] {
+            for m in [1, 3, 4] {
+                let x = pseudo_random(m * cols, 12 + m as u32);
+                let whole = weight.matmul(&x, m);
+                let split = weight.matmul_rows(&x, m);
+                assert_eq!(split.len(), m);
+                for (got, want) in split.iter().zip(whole.chunks(rows)) {
+                    assert_eq!(got.as_slice(), want, "m={m}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scattered_matmul_equals_the_transposed_one() {
+        let (rows, cols) = (70, 64);
+        let w = pseudo_random(rows * cols, 13);
+        let raw = dispatch!(&f32_weight(&w, rows, cols).to_q8_0(), b => raw_bytes(b));
+        let formats = Formats { requantize: true, fast: true, compact_q4_1: false };
+        let fast = Weight::load(GgmlDType::Q8_0, &raw, &[rows, cols], formats).unwrap();
+        if !matches!(fast, Weight::Q8x(_)) {
+            return;
+        }
+        for m in 2..=SCATTER_MAX_ROWS + 1 {
+            let x = pseudo_random(m * cols, 20 + m as u32);
+            let want = transpose(&matmul_fast_cols(&[&fast], &x, m)[0], m);
+            let got = Weight::matmul_many(&[&fast, &fast], &x, m);
+            assert_eq!(got[0], want, "m={m}");
+            assert_eq!(got[1], want, "m={m}");
+        }
+    }
+
+    #[test]
+    fn split_rows_turns_column_major_into_rows() {
+        for (n, m) in [(1, 1), (5, 3), (17, 4), (40, 33)] {
+            let colmajor: Vec<f32> = (0..n * m).map(|v| v as f32).collect();
+            let rows = split_rows(&colmajor, m);
+            assert_eq!(rows.len(), m);
+            for (i, row) in rows.iter().enumerate() {
+                let want: Vec<f32> = (0..n).map(|col| colmajor[col * m + i]).collect();
+                assert_eq!(row, &want, "n={n} m={m}");
+            }
         }
     }
 
