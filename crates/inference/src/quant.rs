@@ -511,6 +511,16 @@ fn matmul_fast(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
     outs
 }
 
+/// What both fast paths start from: the activations quantised once and a zeroed output
+/// per weight (`rows * m` values); `None` for no weights.
+fn fast_setup(weights: &[&Weight], x: &[f32], m: usize) -> Option<(QuantActs, Vec<Vec<f32>>)> {
+    let k = weights.first()?.cols();
+    debug_assert!(weights.iter().all(|w| w.cols() == k));
+    debug_assert_eq!(x.len(), m * k);
+    let outs = weights.iter().map(|w| vec![0f32; w.rows() * m]).collect();
+    Some((QuantActs::new(x, m, k), outs))
+}
+
 /// Up to this many activation rows (a batched decode step), each task of
 /// [`matmul_fast`] turns its column-major block into row-major itself, from a buffer on
 /// its stack: the transpose runs inside the parallel region, on data still in L1.
@@ -519,12 +529,7 @@ const SCATTER_MAX_ROWS: usize = 8;
 /// [`matmul_fast`] for `2..=SCATTER_MAX_ROWS` rows: the same tasks and kernel calls,
 /// each task writing its columns straight into the row-major outputs.
 fn matmul_fast_scatter(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
-    let Some(first) = weights.first() else { return Vec::new() };
-    let k = first.cols();
-    debug_assert!(weights.iter().all(|w| w.cols() == k));
-    debug_assert_eq!(x.len(), m * k);
-    let acts = QuantActs::new(x, m, k);
-    let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; w.rows() * m]).collect();
+    let Some((acts, mut outs)) = fast_setup(weights, x, m) else { return Vec::new() };
     {
         // Task `t` of a weight owns columns [t * COLS, (t + 1) * COLS) of each of the
         // `m` output rows: `m` consecutive entries of `slices`.
@@ -561,12 +566,7 @@ fn matmul_fast_scatter(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>
 
 /// [`matmul_fast`] without the final transpose: each output column-major `[n][m]`.
 fn matmul_fast_cols(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
-    let Some(first) = weights.first() else { return Vec::new() };
-    let k = first.cols();
-    debug_assert!(weights.iter().all(|w| w.cols() == k));
-    debug_assert_eq!(x.len(), m * k);
-    let acts = QuantActs::new(x, m, k);
-    let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; w.rows() * m]).collect();
+    let Some((acts, mut outs)) = fast_setup(weights, x, m) else { return Vec::new() };
     {
         let mut tasks: Vec<(&Weight, usize, &mut [f32])> = Vec::new();
         for (w, out) in weights.iter().zip(outs.iter_mut()) {
