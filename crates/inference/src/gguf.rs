@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::Cursor;
 use std::path::Path;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{Content, Value};
 use memmap2::Mmap;
 
@@ -90,31 +91,20 @@ impl GgufFile {
 
     /// Tensor `name` as a weight (row-major dims, outputs first).
     pub(crate) fn weight(&self, name: &str) -> Result<Weight> {
-        let dtype = self
-            .content
-            .tensor_infos
-            .get(name)
-            .map(|i| i.ggml_dtype)
-            .ok_or_else(|| Error::Model(format!("gguf file lacks tensor `{name}`")))?;
-        let (bytes, dims) = self.tensor_bytes(name)?;
+        let (dtype, bytes, dims) = self.tensor(name)?;
         Weight::from_gguf(dtype, bytes, dims)
             .map_err(|e| Error::Model(format!("tensor `{name}`: {e}")))
     }
 
     /// Tensor `name` in the form the engine runs it (see [`Weight::load`]).
     pub(crate) fn weight_as(&self, name: &str, formats: Formats) -> Result<Weight> {
-        let dtype = self
-            .content
-            .tensor_infos
-            .get(name)
-            .map(|i| i.ggml_dtype)
-            .ok_or_else(|| Error::Model(format!("gguf file lacks tensor `{name}`")))?;
-        let (bytes, dims) = self.tensor_bytes(name)?;
+        let (dtype, bytes, dims) = self.tensor(name)?;
         Weight::load(dtype, bytes, dims, formats)
             .map_err(|e| Error::Model(format!("tensor `{name}`: {e}")))
     }
 
-    fn tensor_bytes(&self, name: &str) -> Result<(&[u8], &[usize])> {
+    /// Tensor `name`: its type, its bytes in the mapped file and its dims.
+    fn tensor(&self, name: &str) -> Result<(GgmlDType, &[u8], &[usize])> {
         let info = self
             .content
             .tensor_infos
@@ -127,7 +117,7 @@ impl GgufFile {
         let bytes = self.map.get(start..start + size).ok_or_else(|| {
             Error::Model(format!("tensor `{name}` runs past the end of the file"))
         })?;
-        Ok((bytes, info.shape.dims()))
+        Ok((info.ggml_dtype, bytes, info.shape.dims()))
     }
 
     /// Tensor `name` as a flat f32 vector (norm weights, biases).

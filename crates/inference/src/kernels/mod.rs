@@ -322,36 +322,31 @@ impl Q41Rows {
 /// `i` (column-major, so a task owns one contiguous slice). `rows.start` must be even
 /// (rows are stored by pairs).
 pub(crate) fn matmul_q8(w: &Q8Rows, rows: Range<usize>, x: &QuantActs, out: &mut [f32]) {
-    assert!(rows.start.is_multiple_of(2), "kernel ranges start at an even row");
-    debug_assert!(rows.end <= w.rows && x.nb == w.nb && out.len() >= rows.len() * x.m);
-    #[cfg(target_arch = "x86_64")]
-    match level() {
-        // SAFETY: `level` checked the CPU features; the function checks its bounds.
-        #[allow(unsafe_code)]
-        Level::Avx512 => return unsafe { avx512::matmul(Source::Q8(w), rows, x, out) },
-        // SAFETY: as above.
-        #[allow(unsafe_code)]
-        Level::Avx2 => return unsafe { avx2::matmul(Source::Q8(w), rows, x, out) },
-        Level::Portable => {}
-    }
-    portable(Source::Q8(w), rows, x, out);
+    debug_assert!(rows.end <= w.rows && x.nb == w.nb);
+    matmul(Source::Q8(w), rows, x, out);
 }
 
 /// [`matmul_q8`] for Q4_1 weights with their Q8_0 numerics.
 pub(crate) fn matmul_q41(w: &Q41Rows, rows: Range<usize>, x: &QuantActs, out: &mut [f32]) {
+    debug_assert!(rows.end <= w.rows && x.nb == w.nb);
+    matmul(Source::Q41(w), rows, x, out);
+}
+
+/// Both formats' entry: the best kernel this CPU has.
+fn matmul(w: Source<'_>, rows: Range<usize>, x: &QuantActs, out: &mut [f32]) {
     assert!(rows.start.is_multiple_of(2), "kernel ranges start at an even row");
-    debug_assert!(rows.end <= w.rows && x.nb == w.nb && out.len() >= rows.len() * x.m);
+    debug_assert!(out.len() >= rows.len() * x.m);
     #[cfg(target_arch = "x86_64")]
     match level() {
         // SAFETY: `level` checked the CPU features; the function checks its bounds.
         #[allow(unsafe_code)]
-        Level::Avx512 => return unsafe { avx512::matmul(Source::Q41(w), rows, x, out) },
+        Level::Avx512 => return unsafe { avx512::matmul(w, rows, x, out) },
         // SAFETY: as above.
         #[allow(unsafe_code)]
-        Level::Avx2 => return unsafe { avx2::matmul(Source::Q41(w), rows, x, out) },
+        Level::Avx2 => return unsafe { avx2::matmul(w, rows, x, out) },
         Level::Portable => {}
     }
-    portable(Source::Q41(w), rows, x, out);
+    portable(w, rows, x, out);
 }
 
 /// A weight the kernels read.
