@@ -355,14 +355,7 @@ pub(crate) fn relay_headers(mut headers: HeaderMap) -> HeaderMap {
     };
     // Remove only what is present (usually `content-length`, often `date` and `server`):
     // a removal hashes the name, and most of the list is never there.
-    let mut present: [Option<HeaderName>; 8] = Default::default();
-    let mut count = 0;
-    for name in headers.keys().filter(|name| unwanted(name)) {
-        if let Some(slot) = present.get_mut(count) {
-            *slot = Some(name.clone());
-        }
-        count += 1;
-    }
+    let present: Vec<HeaderName> = headers.keys().filter(|name| unwanted(name)).cloned().collect();
     if let Some(named) = headers.get(header::CONNECTION).cloned()
         && let Ok(named) = named.to_str()
     {
@@ -372,18 +365,8 @@ pub(crate) fn relay_headers(mut headers: HeaderMap) -> HeaderMap {
             }
         }
     }
-    if count > present.len() {
-        // More distinct unwanted names than slots (never seen in practice): remove all.
-        for name in HOP_BY_HOP {
-            headers.remove(name);
-        }
-        for name in [header::CONTENT_LENGTH, header::SET_COOKIE, header::DATE, header::SERVER] {
-            headers.remove(name);
-        }
-    } else {
-        for name in present.iter().flatten() {
-            headers.remove(name);
-        }
+    for name in &present {
+        headers.remove(name);
     }
     headers
 }
