@@ -1,4 +1,5 @@
-//! Response bodies: whole, or relayed from a backend stream chunk by chunk.
+//! Request bodies ([`RequestBody`]: hyper's, or read whole by the connection loop) and
+//! response bodies: whole, or relayed from a backend stream chunk by chunk.
 //!
 //! The relay implements the mid-stream contract (docs/api.md): it forwards only
 //! complete SSE events, so when a backend fails after the first byte it can drop the
@@ -13,6 +14,16 @@ use http_body::{Frame, SizeHint};
 use switchyard_core::openai::ErrorBody;
 use switchyard_core::sse::{SseBoundary, data_event};
 use switchyard_core::{BackendError, BodyStream};
+
+/// A request body as the handlers receive it.
+pub(crate) enum RequestBody {
+    /// Read through hyper (HTTP/2, TLS, and whatever the HTTP/1.1 loop hands over).
+    Hyper(hyper::body::Incoming),
+    /// Read whole by the HTTP/1.1 loop, within the size limit.
+    Full(Bytes),
+    /// The HTTP/1.1 loop gave up waiting for it (`server.body_read_timeout`).
+    TimedOut,
+}
 
 /// How a relayed stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -37,6 +37,7 @@ mod admin;
 mod attempts;
 mod auth;
 mod body;
+mod conn;
 mod convert;
 mod error;
 mod gate;

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode};
-use hyper::body::Incoming;
 use switchyard_backends::{
     MessagesStreamOptions, chat_completion_to_message, chat_error_to_messages,
     chat_stream_to_messages, estimate_message_tokens, messages_error_body,
@@ -22,7 +21,7 @@ use switchyard_backends::{
 use switchyard_core::{Endpoint, ErrorCode, RequestMeta, ResponseBody};
 
 use crate::attempts::{Alternate, Answer, Job};
-use crate::body::{Body, Framing};
+use crate::body::{Body, Framing, RequestBody};
 use crate::error::{ApiError, status_for};
 use crate::observe::RequestCtx;
 use crate::proxy::{check_content_type, label, read_body, routing_context};
@@ -34,7 +33,7 @@ const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 pub(crate) async fn messages(
     state: Arc<AppState>,
     parts: Parts,
-    body: Incoming,
+    body: RequestBody,
     ctx: &mut RequestCtx,
 ) -> Response<Body> {
     match serve(state, parts, body, ctx).await {
@@ -48,7 +47,7 @@ pub(crate) async fn messages(
 pub(crate) async fn count_tokens(
     state: Arc<AppState>,
     parts: Parts,
-    body: Incoming,
+    body: RequestBody,
     ctx: &RequestCtx,
 ) -> Response<Body> {
     let counted = async {
@@ -82,7 +81,7 @@ pub(crate) async fn count_tokens(
 async fn serve(
     state: Arc<AppState>,
     parts: Parts,
-    body: Incoming,
+    body: RequestBody,
     ctx: &mut RequestCtx,
 ) -> Result<Response<Body>, ApiError> {
     check_content_type(&parts.headers)?;

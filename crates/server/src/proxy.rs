@@ -14,13 +14,12 @@ use http::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use switchyard_cache::{BodyKind, JoinRole, Plan as CachePlan, SharePlan};
 use switchyard_core::{BackendResponse, Endpoint, ErrorCode, RequestMeta, ResponseBody};
 use switchyard_strategy::RequestKey;
 
 use crate::attempts::{Answer, Job, status_error};
-use crate::body::{Body, Framing};
+use crate::body::{Body, Framing, RequestBody};
 use crate::error::ApiError;
 use crate::observe::RequestCtx;
 use crate::state::AppState;
@@ -43,7 +42,7 @@ pub(crate) async fn proxy(
     state: Arc<AppState>,
     endpoint: Endpoint,
     parts: Parts,
-    body: Incoming,
+    body: RequestBody,
     ctx: &mut RequestCtx,
 ) -> Result<Response<Body>, ApiError> {
     check_content_type(&parts.headers)?;
@@ -211,7 +210,7 @@ pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 pub(crate) async fn read_body(
     state: &AppState,
     headers: &HeaderMap,
-    body: Incoming,
+    body: RequestBody,
 ) -> Result<Bytes, ApiError> {
     let max = state.settings.max_request_size;
     let too_large = || {
@@ -227,6 +226,18 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|len| len > max as u64) {
         return Err(too_large());
     }
+    let timed_out = || {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the request body was not received within the time limit",
+        )
+    };
+    let body = match body {
+        RequestBody::Hyper(body) => body,
+        RequestBody::Full(bytes) if bytes.len() > max => return Err(too_large()),
+        RequestBody::Full(bytes) => return Ok(bytes),
+        RequestBody::TimedOut => return Err(timed_out()),
+    };
     let read = Limited::new(body, max).collect();
     match tokio::time::timeout(state.settings.body_read_timeout, read).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
@@ -236,10 +247,7 @@ pub(crate) async fn read_body(
         Ok(Err(_)) => {
             Err(ApiError::new(ErrorCode::InvalidRequest, "the request body could not be read"))
         }
-        Err(_) => Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "the request body was not received within the time limit",
-        )),
+        Err(_) => Err(timed_out()),
     }
 }
 

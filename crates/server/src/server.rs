@@ -6,21 +6,17 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use switchyard_config::Config;
 use switchyard_health::HealthChecker;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::conn::{Conn, Limits};
 use crate::error::{Error, Result};
 use crate::metrics::MetricsRender;
 use crate::reload::{ConfigLoader, Live};
 use crate::routes::RouterSpec;
-use crate::service::handle;
 use crate::state::{AppState, ServerSettings};
 
 /// A bound, not yet serving, router.
@@ -102,11 +98,15 @@ impl Server {
             tasks.push(tokio::spawn(crate::reload::watch_files(Arc::downgrade(&live))));
             tasks.push(tokio::spawn(crate::reload::reload_on_hangup(Arc::downgrade(&live))));
         }
-        let mut builder = connection_builder(&state.settings);
+        let mut hyper = Arc::new(crate::conn::hyper_builder(&state.settings));
+        let mut limits = Limits::of(&state.settings);
         let active = crate::metrics::metrics().active_connections.clone();
 
-        let graceful = GracefulShutdown::new();
-        let slots = Arc::new(Semaphore::new(max_connections));
+        // Connections watch this to stop: idle ones close, busy ones after their answer.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        // Every open connection holds one slot; all slots back means all closed.
+        let slot_count = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        let slots = Arc::new(Semaphore::new(slot_count as usize));
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -138,31 +138,27 @@ impl Server {
                 if current.settings.header_read_timeout != state.settings.header_read_timeout
                     || current.settings.keepalive_timeout != state.settings.keepalive_timeout
                 {
-                    builder = connection_builder(&current.settings);
+                    hyper = Arc::new(crate::conn::hyper_builder(&current.settings));
                 }
+                limits = Limits::of(&current.settings);
                 state = current;
             }
             let live = live.clone();
-            let ip = peer.ip();
-            let service = service_fn(move |request| handle(live.clone(), ip, request));
             let open = Open::new(&active, permit);
+            let stopping = stopping.clone();
             match &tls {
                 None => {
-                    let connection =
-                        builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    let connection = graceful.watch(connection);
+                    let conn =
+                        Conn::new(stream, peer, live, limits.clone(), hyper.clone(), stopping);
                     tokio::spawn(async move {
-                        if let Err(error) = connection.await {
-                            tracing::debug!(%peer, %error, "connection ended with an error");
-                        }
+                        conn.serve().await;
                         drop(open);
                     });
                 }
                 Some(acceptor) => {
                     let handshake = acceptor.accept(stream);
                     let limit = state.settings.header_read_timeout;
-                    let builder = builder.clone();
-                    let watcher = graceful.watcher();
+                    let hyper = hyper.clone();
                     tokio::spawn(async move {
                         let stream = match tokio::time::timeout(limit, handshake).await {
                             Ok(Ok(stream)) => stream,
@@ -175,10 +171,7 @@ impl Server {
                                 return;
                             }
                         };
-                        let connection = builder.serve_connection(TokioIo::new(stream), service);
-                        if let Err(error) = watcher.watch(connection.into_owned()).await {
-                            tracing::debug!(%peer, %error, "connection ended with an error");
-                        }
+                        crate::conn::serve_with_hyper(stream, peer, live, &hyper, stopping).await;
                         drop(open);
                     });
                 }
@@ -191,8 +184,9 @@ impl Server {
         live.stop_checks().await;
         let grace = live.state().settings.shutdown_grace_period;
         tracing::info!("shutting down: draining in-flight requests");
+        stop.send_replace(true);
         tokio::select! {
-            () = graceful.shutdown() => tracing::info!("all connections drained"),
+            _ = slots.acquire_many(slot_count) => tracing::info!("all connections drained"),
             () = tokio::time::sleep(grace) => {
                 tracing::warn!(?grace, "grace period over; closing remaining connections");
             }
@@ -248,22 +242,6 @@ async fn start(
 }
 
 type Transitions = tokio::sync::broadcast::Receiver<switchyard_health::Transition>;
-
-/// The HTTP/1.1 + HTTP/2 connection settings.
-fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(settings.keepalive_timeout / 3))
-        .keep_alive_timeout(settings.keepalive_timeout.min(std::time::Duration::from_secs(20)));
-    builder
-}
 
 /// Connections opened ahead of traffic to a backend that (re)joins.
 const PREWARM_CONNECTIONS: usize = 2;

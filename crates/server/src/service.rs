@@ -8,10 +8,9 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use switchyard_core::{Endpoint, ErrorCode};
 
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::error::ApiError;
 use crate::gate::Gate;
 use crate::metrics::{MethodLabel, Route};
@@ -26,7 +25,7 @@ use crate::state::AppState;
 pub(crate) async fn handle(
     live: Arc<Live>,
     peer: IpAddr,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<Observed>, Infallible> {
     let started = Instant::now();
     let state = live.state();
@@ -49,7 +48,7 @@ pub(crate) async fn handle(
 async fn dispatch(
     live: &Live,
     state: Arc<AppState>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     ctx: &mut RequestCtx,
 ) -> Result<Response<Body>, ApiError> {
     let path = request.uri().path();
@@ -133,7 +132,7 @@ async fn dispatch(
 fn metrics(
     live: &Live,
     state: &AppState,
-    request: &Request<Incoming>,
+    request: &Request<RequestBody>,
 ) -> Result<Response<Body>, ApiError> {
     allow_get(request)?;
     if let Err(error) = crate::gate::metrics(state, request.headers()) {
@@ -159,7 +158,7 @@ fn metrics(
     Ok(response)
 }
 
-fn allow(request: &Request<Incoming>, method: &Method) -> Result<(), ApiError> {
+fn allow(request: &Request<RequestBody>, method: &Method) -> Result<(), ApiError> {
     if request.method() == method {
         Ok(())
     } else {
@@ -170,7 +169,7 @@ fn allow(request: &Request<Incoming>, method: &Method) -> Result<(), ApiError> {
     }
 }
 
-fn allow_get(request: &Request<Incoming>) -> Result<(), ApiError> {
+fn allow_get(request: &Request<RequestBody>) -> Result<(), ApiError> {
     if request.method() == Method::HEAD { Ok(()) } else { allow(request, &Method::GET) }
 }
 

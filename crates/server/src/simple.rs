@@ -9,7 +9,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use switchyard_core::openai::ChatCompletion;
@@ -17,7 +16,7 @@ use switchyard_core::{Endpoint, ErrorCode, RequestMeta, ResponseBody};
 use switchyard_strategy::RequestKey;
 
 use crate::attempts::{Job, status_error};
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::error::ApiError;
 use crate::observe::RequestCtx;
 use crate::proxy::{REQUEST_ID, check_content_type, read_body};
@@ -86,7 +85,7 @@ pub(crate) fn models(
 pub(crate) async fn quick(
     state: Arc<AppState>,
     parts: Parts,
-    body: Incoming,
+    body: RequestBody,
     ctx: &mut RequestCtx,
 ) -> Result<Response<Body>, ApiError> {
     check_content_type(&parts.headers)?;
