@@ -284,16 +284,16 @@ async fn a_body_too_slow_is_a_400_and_the_connection_closes() {
 async fn silent_and_idle_connections_are_closed_after_their_timeouts() {
     let settings = ServerSettings {
         header_read_timeout: Duration::from_millis(300),
-        keepalive_timeout: Duration::from_millis(600),
+        keepalive_timeout: Duration::from_millis(1000),
         ..util::settings()
     };
     let (_mock, router) = router_with(settings).await;
 
     // A new connection that sends nothing, and one that stops inside its head.
+    let started = Instant::now();
     let mut silent = Client::connect(&router).await;
     let mut partial = Client::connect(&router).await;
     partial.send(b"GET /health HT").await;
-    let started = Instant::now();
     assert!(silent.closed_within(Duration::from_secs(5)).await);
     assert!(partial.closed_within(Duration::from_secs(5)).await);
     assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
@@ -302,10 +302,11 @@ async fn silent_and_idle_connections_are_closed_after_their_timeouts() {
     let mut idle = Client::connect(&router).await;
     idle.send(b"GET /health HTTP/1.1\r\n\r\n").await;
     assert_eq!(idle.answer(false).await.status, 200);
-    let answered = Instant::now();
-    assert!(!idle.closed_within(Duration::from_millis(350)).await, "closed before keepalive");
+    // Past the header timeout, within the keep-alive: still open.
+    assert!(!idle.closed_within(Duration::from_millis(400)).await, "closed before keepalive");
     idle.send(b"GET /health HTTP/1.1\r\n\r\n").await;
     assert_eq!(idle.answer(false).await.status, 200);
+    let answered = Instant::now();
     assert!(idle.closed_within(Duration::from_secs(5)).await);
     assert!(answered.elapsed() >= Duration::from_millis(900), "{:?}", answered.elapsed());
 }
@@ -325,7 +326,7 @@ async fn shutdown_closes_idle_connections_and_finishes_at_once() {
 
 #[tokio::test]
 async fn a_client_gone_before_its_answer_cancels_the_upstream_call() {
-    let mock = MockUpstream::start(Script::ok().delay(ms(300))).await.unwrap();
+    let mock = MockUpstream::start(Script::ok().delay(ms(3000))).await.unwrap();
     let router = Router::start(spec(vec![openai("a", &mock.url(), &["m"])])).await;
     let mut client = Client::connect(&router).await;
     client.send(&chat_request("")).await;
@@ -338,7 +339,7 @@ async fn a_client_gone_before_its_answer_cancels_the_upstream_call() {
     let open = mock.connections_open();
     drop(client);
     assert!(
-        mock.wait_connections_at_most(open - 1, Duration::from_millis(250)).await,
+        mock.wait_connections_at_most(open - 1, Duration::from_secs(2)).await,
         "the upstream request outlived its client"
     );
 }
