@@ -276,7 +276,7 @@ async fn client_disconnect_mid_stream_closes_the_upstream_request_quickly() {
     }
     drop(body);
     assert!(
-        mock.wait_stream_cancelled(Duration::from_millis(100)).await,
+        mock.wait_stream_cancelled(Duration::from_millis(500)).await,
         "upstream stream still open"
     );
 }
