@@ -60,12 +60,14 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_READ_AHEAD: usize = 64 * 1024;
 /// Response bytes gathered from frames that are ready at once, at most, before a write.
 const WRITE_BATCH: usize = 64 * 1024;
+/// How long a closing connection keeps reading what the client still sends.
+const LINGER: Duration = Duration::from_secs(1);
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
 
 /// The timeouts and limits a connection keeps from its start (settings follow
 /// reloads; a connection keeps the ones it started with).
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
     header_read: Duration,
     keepalive: Duration,
@@ -228,6 +230,9 @@ impl Conn {
                 Ok(false) => {
                     // Our side is done: say so, so the client reads the whole answer.
                     let _ = self.io.shutdown().await;
+                    if timed_out || !self.buf.is_empty() {
+                        self.linger().await;
+                    }
                     return;
                 }
                 Err(error) => {
@@ -396,6 +401,18 @@ impl Conn {
             self.out.clear();
         }
         Ok(())
+    }
+
+    /// Read and drop what the client still sends (the rest of a body, pipelined
+    /// requests) until it closes, for at most [`LINGER`]: closing a socket with unread
+    /// input resets the connection, which can destroy the answer before the client has
+    /// read it.
+    async fn linger(&mut self) {
+        let drain = async {
+            let mut sink = [0u8; 4096];
+            while let Ok(1..) = self.io.read(&mut sink).await {}
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
     /// Give the connection, and every byte read and not yet used, to hyper.

@@ -148,8 +148,7 @@ impl Server {
             let stopping = stopping.clone();
             match &tls {
                 None => {
-                    let conn =
-                        Conn::new(stream, peer, live, limits.clone(), hyper.clone(), stopping);
+                    let conn = Conn::new(stream, peer, live, limits, hyper.clone(), stopping);
                     tokio::spawn(async move {
                         conn.serve().await;
                         drop(open);
