@@ -262,7 +262,8 @@ impl Conn {
                 biased;
                 read = self.io.read_buf(&mut self.buf) => read,
                 () = tokio::time::sleep_until(limit) => return Step::Close,
-                () = stopped(&mut self.shutdown), if idle => return Step::Close,
+                // Stopping closes a connection between requests, not inside one.
+                () = stopped(&mut self.shutdown), if self.buf.is_empty() => return Step::Close,
             };
             match read {
                 Ok(0) | Err(_) => return Step::Close,

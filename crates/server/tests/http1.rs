@@ -317,9 +317,13 @@ async fn shutdown_closes_idle_connections_and_finishes_at_once() {
     let mut client = Client::connect(&router).await;
     client.send(b"GET /health HTTP/1.1\r\n\r\n").await;
     assert_eq!(client.answer(false).await.status, 200);
+    // A new connection that has not sent a byte yet is idle too.
+    let mut fresh = Client::connect(&router).await;
+    tokio::time::sleep(ms(50)).await;
     let started = Instant::now();
     router.trigger_shutdown();
     assert!(client.closed_within(Duration::from_secs(2)).await);
+    assert!(fresh.closed_within(Duration::from_secs(2)).await);
     router.task.take().unwrap().await.unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(2), "the grace period is 5 s: not waited");
 }
