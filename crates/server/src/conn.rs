@@ -60,6 +60,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_READ_AHEAD: usize = 64 * 1024;
 /// Response bytes gathered from frames that are ready at once, at most, before a write.
 const WRITE_BATCH: usize = 64 * 1024;
+/// A response buffer grown past this is given back after the response.
+const KEEP_OUT: usize = 16 * 1024;
 /// How long a closing connection keeps reading what the client still sends.
 const LINGER: Duration = Duration::from_secs(1);
 /// Room made in the read buffer before each read.
@@ -220,12 +222,21 @@ impl Conn {
             };
             first = false;
             let Some(body) = self.read_body(head.content_length).await else { return };
+            if head.content_length > READ_CHUNK {
+                // The buffer grew for this body and still holds its allocation: keep
+                // only what follows, so an idle connection holds no large buffer.
+                self.buf = BytesMut::from(&self.buf[..]);
+            }
             let timed_out = matches!(body, RequestBody::TimedOut);
             let head_only = head.parts.method == Method::HEAD;
             let request = Request::from_parts(head.parts, body);
             let Some(response) = self.call(request).await else { return };
             let close = head.close || timed_out || *self.shutdown.borrow();
-            match self.respond(response, head_only, close).await {
+            let answered = self.respond(response, head_only, close).await;
+            if self.out.capacity() > KEEP_OUT {
+                self.out = Vec::with_capacity(1024);
+            }
+            match answered {
                 Ok(true) => {}
                 Ok(false) => {
                     // Our side is done: say so, so the client reads the whole answer.
