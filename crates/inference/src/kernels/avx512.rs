@@ -67,7 +67,7 @@ const B_LANES: __mmask16 = 0xF0F0;
 
 const ZERO_PARAMS: Params = Params { sc: [0.0; 64], a: [0.0; 64], b: [0.0; 64], slow: 0 };
 
-/// Per-call working space of the row-group loops, set up once per [`matmul`] call
+/// Per-call working space of the Q4_1 row-group loops, set up once per [`matmul`] call
 /// rather than zeroed for every group of four rows. Entries of rows past the last
 /// (`k >= n`) keep stale values; they only feed lanes that are never stored.
 struct Work {
@@ -93,14 +93,17 @@ pub(super) unsafe fn matmul(w: Source<'_>, rows: Range<usize>, x: &QuantActs, ou
             && x.d.len() >= m * nb,
         "kernel shapes"
     );
-    let mut work = Work { p: [ZERO_PARAMS; 4], tables: [[_mm512_setzero_si512(); 16]; 4] };
+    // Q4_1's working space (7 KiB) is set up only for Q4_1 weights, once per call.
+    let mut work: Option<Work> = None;
+    let mut new_work = || Work { p: [ZERO_PARAMS; 4], tables: [[_mm512_setzero_si512(); 16]; 4] };
+    let mut q8_sc = [[0f32; 64]; 4];
     if m == 1 {
         let mut r = rows.start;
         while r < rows.end {
             let n = (rows.end - r).min(4);
             let acc = match w {
-                Source::Q8(q) => decode_q8(q, r, n, x, &mut work),
-                Source::Q41(q) => decode_q41(q, r, n, x, &mut work),
+                Source::Q8(q) => decode_q8(q, r, n, x, &mut q8_sc),
+                Source::Q41(q) => decode_q41(q, r, n, x, work.get_or_insert_with(&mut new_work)),
             };
             store(&acc, &mut out[r - rows.start..], n, 1, 0);
             r += 4;
@@ -114,10 +117,18 @@ pub(super) unsafe fn matmul(w: Source<'_>, rows: Range<usize>, x: &QuantActs, ou
         while r < rows.end {
             let n = (rows.end - r).min(4);
             let col = (r - rows.start) * m;
-            match m {
-                2 => store_all(&fused::<2>(w, r, n, x, &mut work), &mut out[col..], n),
-                3 => store_all(&fused::<3>(w, r, n, x, &mut work), &mut out[col..], n),
-                _ => store_all(&fused::<4>(w, r, n, x, &mut work), &mut out[col..], n),
+            match (w, m) {
+                (Source::Q8(q), 2) => store_all(&fused_q8::<2>(q, r, n, x), &mut out[col..], n),
+                (Source::Q8(q), 3) => store_all(&fused_q8::<3>(q, r, n, x), &mut out[col..], n),
+                (Source::Q8(q), _) => store_all(&fused_q8::<4>(q, r, n, x), &mut out[col..], n),
+                (Source::Q41(q), m) => {
+                    let work = work.get_or_insert_with(&mut new_work);
+                    match m {
+                        2 => store_all(&fused_q41::<2>(q, r, n, x, work), &mut out[col..], n),
+                        3 => store_all(&fused_q41::<3>(q, r, n, x, work), &mut out[col..], n),
+                        _ => store_all(&fused_q41::<4>(q, r, n, x, work), &mut out[col..], n),
+                    }
+                }
             }
             r += 4;
         }
@@ -180,14 +191,14 @@ fn store_all<const G: usize>(acc: &[[__m512; 2]; G], out: &mut [f32], n: usize) 
 /// scratch path.
 #[allow(clippy::needless_range_loop, reason = "`j` indexes a row of `tables` and the scales")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn fused<const G: usize>(
-    w: Source<'_>,
+fn fused_q41<const G: usize>(
+    w: &Q41Rows,
     r: usize,
     n: usize,
     x: &QuantActs,
     work: &mut Work,
 ) -> [[__m512; 2]; G] {
-    let nb = w.nb();
+    let nb = w.nb;
     let pairs = n.div_ceil(2);
     let xb: [&[ActBlock]; G] = std::array::from_fn(|g| &x.blocks[g * nb..][..nb]);
     let xd: [&[f32]; G] = std::array::from_fn(|g| &x.d[g * nb..][..nb]);
@@ -196,28 +207,91 @@ fn fused<const G: usize>(
     for b0 in (0..nb).step_by(CHUNK) {
         let len = (nb - b0).min(CHUNK);
         for (k, pk) in p.iter_mut().enumerate().take(n) {
-            match w {
-                Source::Q8(q) => q8_scales(q, r + k, b0, len, None, &mut pk.sc),
-                Source::Q41(q) => {
-                    q41_params(q, r + k, b0, len, None, pk);
-                    q41_tables(q, r + k, b0, len, pk, &mut tables[k]);
-                }
-            }
+            q41_params(w, r + k, b0, len, None, pk);
+            q41_tables(w, r + k, b0, len, pk, &mut tables[k]);
         }
         for j in 0..len {
             let b = b0 + j;
             for h in 0..pairs {
                 let (a, c) = (2 * h, 2 * h + 1);
-                let wq = match w {
-                    Source::Q8(q) => q8_pair(q, r / 2 + h, b),
-                    Source::Q41(q) => q41_pair(q, r / 2 + h, b, tables[a][j], tables[c][j]),
-                };
+                let wq = q41_pair(w, r / 2 + h, b, tables[a][j], tables[c][j]);
                 let s = pair_scale(&p[a].sc, &p[c].sc, j);
                 for (accg, (xb, xd)) in acc.iter_mut().zip(xb.iter().zip(&xd)) {
                     let (y, nc) = act(&xb[b]);
                     let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wq, y));
                     let sy = _mm512_mul_ps(s, _mm512_set1_ps(xd[b]));
                     accg[h] = _mm512_fmadd_ps(sy, q, accg[h]);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// [`fused`] for Q8_0 weights, written for the fewest instructions per block: the
+/// four rows' f16 scales of a chunk are widened once into plain `f32` arrays, a row
+/// pair's scale vector is one broadcast and one masked blend (both rows' scalars read
+/// straight from memory), and the block loop walks plain slices. Per block, row pair
+/// and activation row: a `vpdpbusd`, its conversion to `f32`, the scale
+/// product `d_w * d_x` and an FMA, as in [`fused`], so results are bit-identical.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn fused_q8<const G: usize>(w: &Q8Rows, r: usize, n: usize, x: &QuantActs) -> [[__m512; 2]; G] {
+    if n > 2 { fused_q8_pairs::<G, 2>(w, r, n, x) } else { fused_q8_pairs::<G, 1>(w, r, n, x) }
+}
+
+/// [`fused_q8`] over `P` row pairs (`n <= 2 * P`).
+#[allow(clippy::needless_range_loop, reason = "`j` indexes every row's scales")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn fused_q8_pairs<const G: usize, const P: usize>(
+    w: &Q8Rows,
+    r: usize,
+    n: usize,
+    x: &QuantActs,
+) -> [[__m512; 2]; G] {
+    let nb = w.nb;
+    let pairs = P;
+    let xb: [&[ActBlock]; G] = std::array::from_fn(|g| &x.blocks[g * nb..][..nb]);
+    let xd: [&[f32]; G] = std::array::from_fn(|g| &x.d[g * nb..][..nb]);
+    let wq: [&[[i8; 2 * QK]]; 2] =
+        std::array::from_fn(|h| if h < pairs { &w.qs[(r / 2 + h) * nb..][..nb] } else { &[] });
+    let mut acc = [[_mm512_setzero_ps(); 2]; G];
+    // Rows past `n` keep zero scales; their lanes are never stored.
+    let mut sc = [[0f32; CHUNK]; 4];
+    let flip = _mm512_set1_epi8(i8::MIN);
+    for b0 in (0..nb).step_by(CHUNK) {
+        let len = (nb - b0).min(CHUNK);
+        let k = lanes(len);
+        for (row, s) in sc.iter_mut().enumerate().take(n) {
+            let d = &w.d[(r + row) * nb + b0..][..len];
+            // SAFETY: a masked load of the `len` scales of `d`, a store of 16 floats
+            // into `s`.
+            unsafe {
+                let v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, d.as_ptr().cast()));
+                _mm512_storeu_ps(s.as_mut_ptr(), v);
+            }
+        }
+        for j in 0..len {
+            let b = b0 + j;
+            let mut wv = [_mm512_setzero_si512(); 2];
+            let mut sv = [_mm512_setzero_ps(); 2];
+            for h in 0..pairs {
+                let at = wq[h][b].as_ptr();
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(PREFETCH_BYTES).cast());
+                // SAFETY: a 64-byte unaligned load of one pair's block.
+                wv[h] = _mm512_xor_si512(unsafe { _mm512_loadu_si512(at.cast()) }, flip);
+                sv[h] = _mm512_mask_blend_ps(
+                    B_LANES,
+                    _mm512_set1_ps(sc[2 * h][j]),
+                    _mm512_set1_ps(sc[2 * h + 1][j]),
+                );
+            }
+            for g in 0..G {
+                let (y, nc) = act(&xb[g][b]);
+                let dy = _mm512_set1_ps(xd[g][b]);
+                for h in 0..pairs {
+                    let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wv[h], y));
+                    acc[g][h] = _mm512_fmadd_ps(_mm512_mul_ps(sv[h], dy), q, acc[g][h]);
                 }
             }
         }
@@ -355,21 +429,26 @@ fn q8_scales(w: &Q8Rows, r: usize, b0: usize, len: usize, xd: Option<&[f32]>, sc
 
 /// One activation row against Q8_0 rows `r..r + n` (n <= 4, r even).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn decode_q8(w: &Q8Rows, r: usize, n: usize, x: &QuantActs, work: &mut Work) -> [__m512; 2] {
+fn decode_q8(
+    w: &Q8Rows,
+    r: usize,
+    n: usize,
+    x: &QuantActs,
+    sc: &mut [[f32; 64]; 4],
+) -> [__m512; 2] {
     let nb = w.nb;
     let pairs = n.div_ceil(2);
-    let p = &mut work.p;
     let mut acc = [_mm512_setzero_ps(); 2];
     for b0 in (0..nb).step_by(CHUNK) {
         let len = (nb - b0).min(CHUNK);
-        for (k, pk) in p.iter_mut().enumerate().take(n) {
-            q8_scales(w, r + k, b0, len, Some(&x.d), &mut pk.sc);
+        for (k, sk) in sc.iter_mut().enumerate().take(n) {
+            q8_scales(w, r + k, b0, len, Some(&x.d), sk);
         }
         for (j, blk) in x.blocks[b0..b0 + len].iter().enumerate() {
             let (y, nc) = act(blk);
             for h in 0..pairs {
                 let wq = q8_pair(w, r / 2 + h, b0 + j);
-                let s = pair_scale(&p[2 * h].sc, &p[2 * h + 1].sc, j);
+                let s = pair_scale(&sc[2 * h], &sc[2 * h + 1], j);
                 let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wq, y));
                 acc[h] = _mm512_fmadd_ps(s, q, acc[h]);
             }

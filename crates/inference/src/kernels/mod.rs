@@ -918,12 +918,76 @@ mod tests {
         }
     }
 
+    /// Weight blocks with zero, huge, tiny, infinite and NaN scales and the extreme
+    /// quants (-128, 127), against activation blocks that are zero, huge, tiny, or
+    /// sit on rounding ties (huge: scales near the f16 limit): every level and every activation-row count (the 2-4-row
+    /// kernels included) gives candle's values (NaN for NaN, any payload).
+    #[test]
+    fn q8_kernels_match_candle_on_extreme_blocks() {
+        let (rows, nb) = (7, 6);
+        let k = nb * QK;
+        // Row 5 has a NaN-scaled block and row 6 an infinite one; the other rows mix
+        // zero, huge, tiny and plain scales.
+        let scales = [0.0, 65504.0, 6.0e-8, 0.5, -1.25, 0.01];
+        let scale = |r: usize, b: usize| match (r, b) {
+            (5, 2) => f32::NAN,
+            (6, 4) => f32::INFINITY,
+            _ => scales[(r * 3 + b) % scales.len()],
+        };
+        let mut bytes = vec![0u8; rows * nb * 34];
+        let mut seed = 5u64;
+        for (i, blk) in bytes.chunks_exact_mut(34).enumerate() {
+            let d = half::f16::from_f32(scale(i / nb, i % nb));
+            blk[..2].copy_from_slice(&d.to_le_bytes());
+            for (j, q) in blk[2..].iter_mut().enumerate() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *q = match (i + j) % 7 {
+                    0 => 0x80,
+                    1 => 0x7f,
+                    _ => (seed >> 56) as u8,
+                };
+            }
+        }
+        let wq = q8_blocks(&bytes);
+        let packed = Q8Rows::from_gguf_bytes(&bytes, rows, k).unwrap();
+        for m in 1..=5 {
+            let mut x = values(m * k, 77 + m as u64, 3.0);
+            for (b, block) in x.chunks_mut(QK).enumerate() {
+                match (b + m) % 5 {
+                    0 => block.fill(0.0),
+                    1 => block.iter_mut().for_each(|v| *v *= 1.0e5),
+                    2 => block.iter_mut().for_each(|v| *v *= 1.0e-30),
+                    // Multiples of amax / 254: quants exactly half-way before rounding.
+                    3 => block.iter_mut().enumerate().for_each(|(j, v)| {
+                        *v = (j as f32 - 15.5) * (127.0 / 254.0) * 2.0 / 31.0 * 127.0
+                    }),
+                    _ => {}
+                }
+            }
+            let acts = QuantActs::new(&x, m, k);
+            let want = candle_reference(&wq, rows, &x, m, k);
+            assert!(want[..5 * m].iter().all(|v| v.is_finite()), "rows 0-4 stay finite");
+            assert!(want[5 * m..].iter().all(|v| !v.is_finite()), "rows 5-6 do not");
+            for level in every_level() {
+                let got = run(level, Source::Q8(&packed), 0..rows, &acts);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                        "{level:?} m={m} output {i}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn q8_kernels_are_bit_identical_to_candles_dot_product() {
         // Row counts with and without a tail of the four-row groups; one to nine
         // activation rows (tails of the four-row activation groups).
         for (rows, nb) in [(1, 1), (4, 2), (7, 18), (13, 48), (64, 3)] {
-            for m in [1, 2, 4, 5, 9] {
+            for m in [1, 2, 3, 4, 5, 9] {
                 check_q8(rows, nb, m, (rows * 100 + nb * 10 + m) as u64);
             }
         }
