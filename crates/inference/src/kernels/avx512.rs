@@ -788,3 +788,160 @@ pub(super) unsafe fn dot_rows_many<const G: usize>(
         }
     }
 }
+
+/// `expf` as glibc (2.27 and later, the build it selects on CPUs with FMA) computes it
+/// for `|x| < 85`, eight lanes at a time in double precision, the same operations in
+/// the same order: `k = round(x * 32 / ln 2)` through the `SHIFT` trick, `r` by a
+/// fused multiply-subtract, `2^(k / 32)` from its 32-entry table, a cubic in `r`
+/// evaluated with FMAs, one product, one rounding to `f32`. (The constants are the
+/// published ones of that algorithm: `2^(i / 32)` per entry, `32 / ln 2`, and the
+/// scaled polynomial.) Other lanes (`|x| >= 85`, infinities, NaN) are left for the
+/// caller, which sends them to `f32::exp`.
+mod expf {
+    pub(super) const INV_LN2_N: u64 = 0x4047_1547_652b_82fe;
+    pub(super) const SHIFT: u64 = 0x4338_0000_0000_0000;
+    pub(super) const C0: u64 = 0x3ebc_6af8_4b91_2394;
+    pub(super) const C1: u64 = 0x3f2e_bfce_50fa_c4f3;
+    pub(super) const C2: u64 = 0x3f96_2e42_ff0c_52d6;
+    /// `bits(2^(i / 32)) - (i << 47)`.
+    pub(super) const TABLE: [u64; 32] = [
+        0x3ff0_0000_0000_0000,
+        0x3fef_d9b0_d315_8574,
+        0x3fef_b558_6cf9_890f,
+        0x3fef_9301_d012_5b51,
+        0x3fef_72b8_3c7d_517b,
+        0x3fef_5487_3168_b9aa,
+        0x3fef_387a_6e75_6238,
+        0x3fef_1e9d_f51f_dee1,
+        0x3fef_06fe_0a31_b715,
+        0x3fee_f1a7_373a_a9cb,
+        0x3fee_dea6_4c12_3422,
+        0x3fee_ce08_6061_892d,
+        0x3fee_bfda_d536_2a27,
+        0x3fee_b42b_569d_4f82,
+        0x3fee_ab07_dd48_5429,
+        0x3fee_a47e_b03a_5585,
+        0x3fee_a09e_667f_3bcd,
+        0x3fee_9f75_e8ec_5f74,
+        0x3fee_a114_73eb_0187,
+        0x3fee_a589_994c_ce13,
+        0x3fee_ace5_422a_a0db,
+        0x3fee_b737_b0cd_c5e5,
+        0x3fee_c491_82a3_f090,
+        0x3fee_d503_b23e_255d,
+        0x3fee_e89f_995a_d3ad,
+        0x3fee_ff76_f2fb_5e47,
+        0x3fef_199b_dd85_529c,
+        0x3fef_3720_dcef_9069,
+        0x3fef_5818_dcfb_a487,
+        0x3fef_7c97_337b_9b5f,
+        0x3fef_a4af_a2a4_90da,
+        0x3fef_d076_5b6e_4540,
+    ];
+    /// `|x| >= 85` (or not finite) as the bits of `|x|`: glibc's slow-path test.
+    pub(super) const SLOW_ABS_BITS: u32 = 0x42a0_0000;
+}
+
+/// Eight lanes of the double-precision core of [`expf`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+fn expf_core(x: __m256) -> __m256 {
+    let pd = |bits: u64| _mm512_castsi512_pd(_mm512_set1_epi64(bits.cast_signed()));
+    let tab = |i: usize| {
+        // SAFETY: eight entries at `8 * i` of the 32.
+        unsafe { _mm512_loadu_si512(expf::TABLE[8 * i..].as_ptr().cast()) }
+    };
+    let shift = pd(expf::SHIFT);
+    let inv = pd(expf::INV_LN2_N);
+    let xd = _mm512_cvtps_pd(x);
+    let kds = _mm512_fmadd_pd(inv, xd, shift);
+    let ki = _mm512_castpd_si512(kds);
+    let kd = _mm512_sub_pd(kds, shift);
+    let r = _mm512_fmsub_pd(inv, xd, kd);
+    // Entry `ki % 32`: bits 0-3 pick within a 16-entry half, bit 4 the half.
+    let lo = _mm512_permutex2var_epi64(tab(0), ki, tab(1));
+    let hi = _mm512_permutex2var_epi64(tab(2), ki, tab(3));
+    let upper = _mm512_test_epi64_mask(ki, _mm512_set1_epi64(16));
+    let t = _mm512_mask_blend_epi64(upper, lo, hi);
+    let s = _mm512_castsi512_pd(_mm512_add_epi64(t, _mm512_slli_epi64::<47>(ki)));
+    let z = _mm512_fmadd_pd(r, pd(expf::C0), pd(expf::C1));
+    let r2 = _mm512_mul_pd(r, r);
+    let y = _mm512_fmadd_pd(r, pd(expf::C2), _mm512_set1_pd(1.0));
+    let y = _mm512_fmadd_pd(z, r2, y);
+    _mm512_cvtpd_ps(_mm512_mul_pd(y, s))
+}
+
+/// Sixteen lanes of `f32::exp` (glibc's value), with the lanes outside the fast range
+/// sent to `f32::exp`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+fn exp16(x: __m512) -> __m512 {
+    let abs = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MAX));
+    let slow = _mm512_cmpge_epu32_mask(abs, _mm512_set1_epi32(expf::SLOW_ABS_BITS.cast_signed()));
+    let lo = expf_core(_mm512_castps512_ps256(x));
+    let hi = expf_core(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x))));
+    let y = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(lo), hi);
+    if slow == 0 {
+        return y;
+    }
+    let mut xs = [0f32; 16];
+    let mut ys = [0f32; 16];
+    // SAFETY: 16 floats each.
+    unsafe {
+        _mm512_storeu_ps(xs.as_mut_ptr(), x);
+        _mm512_storeu_ps(ys.as_mut_ptr(), y);
+    }
+    for (i, (y, x)) in ys.iter_mut().zip(xs).enumerate() {
+        if slow & (1 << i) != 0 {
+            *y = x.exp();
+        }
+    }
+    // SAFETY: 16 floats.
+    unsafe { _mm512_loadu_ps(ys.as_ptr()) }
+}
+
+/// See [`super::exp_in_place`].
+///
+/// # Safety
+/// The CPU has AVX-512 F/DQ and FMA.
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+pub(super) unsafe fn exp_in_place(v: &mut [f32]) {
+    let mut chunks = v.chunks_exact_mut(16);
+    for c in &mut chunks {
+        // SAFETY: 16 floats in and out of `c`.
+        unsafe { _mm512_storeu_ps(c.as_mut_ptr(), exp16(_mm512_loadu_ps(c.as_ptr()))) };
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let k = lanes(rest.len());
+        // SAFETY: masked load and store of the `rest.len()` floats of `rest`.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(k, rest.as_ptr());
+            _mm512_mask_storeu_ps(rest.as_mut_ptr(), k, exp16(x));
+        }
+    }
+}
+
+/// See [`super::silu_mul`].
+///
+/// # Safety
+/// The CPU has AVX-512 F/DQ and FMA.
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+pub(super) unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
+    let n = g.len().min(u.len());
+    let one = _mm512_set1_ps(1.0);
+    let mut i = 0;
+    while i < n {
+        let k = lanes(n - i);
+        // SAFETY: masked loads and store of the `min(16, n - i)` floats at `i`, inside
+        // both slices.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(k, g[i..].as_ptr());
+            let up = _mm512_maskz_loadu_ps(k, u[i..].as_ptr());
+            let e = exp16(_mm512_xor_ps(x, _mm512_set1_ps(-0.0)));
+            let y = _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)), up);
+            _mm512_mask_storeu_ps(g[i..].as_mut_ptr(), k, y);
+        }
+        i += 16;
+    }
+}
