@@ -1,8 +1,9 @@
 //! AVX-512 VNNI kernels: two weight rows per 512-bit register, one `vpdpbusd` per pair
 //! of (weight rows, activation row) blocks.
 //!
-//! Weights are expanded to offset binary (`w + 128`, unsigned) so `vpdpbusd` can
-//! multiply them with the signed activation quants; starting the sum at the
+//! Q8_0 weights are stored in offset binary (`w + 128`, unsigned; see [`Q8Rows`]), and
+//! Q4_1 weights expanded to it, so `vpdpbusd` can multiply them with the signed
+//! activation quants; starting the sum at the
 //! activation block's `-128 * sum` (precomputed in [`ActBlock`]) makes each `i32` lane
 //! exactly the four-product sum of candle's `vpmaddubsw`/`vpmaddwd` pair. Rows are
 //! stored by pairs as `[a lo, b lo, a hi, b hi]` 16-byte quarters, and activations
@@ -253,12 +254,11 @@ fn fused_q8_pairs<const G: usize, const P: usize>(
     let pairs = P;
     let xb: [&[ActBlock]; G] = std::array::from_fn(|g| &x.blocks[g * nb..][..nb]);
     let xd: [&[f32]; G] = std::array::from_fn(|g| &x.d[g * nb..][..nb]);
-    let wq: [&[[i8; 2 * QK]]; 2] =
+    let wq: [&[[u8; 2 * QK]]; 2] =
         std::array::from_fn(|h| if h < pairs { &w.qs[(r / 2 + h) * nb..][..nb] } else { &[] });
     let mut acc = [[_mm512_setzero_ps(); 2]; G];
     // Rows past `n` keep zero scales; their lanes are never stored.
     let mut sc = [[0f32; CHUNK]; 4];
-    let flip = _mm512_set1_epi8(i8::MIN);
     for b0 in (0..nb).step_by(CHUNK) {
         let len = (nb - b0).min(CHUNK);
         let k = lanes(len);
@@ -279,7 +279,7 @@ fn fused_q8_pairs<const G: usize, const P: usize>(
                 let at = wq[h][b].as_ptr();
                 _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(PREFETCH_BYTES).cast());
                 // SAFETY: a 64-byte unaligned load of one pair's block.
-                wv[h] = _mm512_xor_si512(unsafe { _mm512_loadu_si512(at.cast()) }, flip);
+                wv[h] = unsafe { _mm512_loadu_si512(at.cast()) };
                 sv[h] = _mm512_mask_blend_ps(
                     B_LANES,
                     _mm512_set1_ps(sc[2 * h][j]),
@@ -397,8 +397,7 @@ fn q8_pair(w: &Q8Rows, pair: usize, b: usize) -> __m512i {
     // the kernel reads next; see [`PREFETCH_BYTES`].
     _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(PREFETCH_BYTES).cast());
     // SAFETY: a 64-byte unaligned load of one pair's block.
-    let q = unsafe { _mm512_loadu_si512(at.cast()) };
-    _mm512_xor_si512(q, _mm512_set1_epi8(i8::MIN))
+    unsafe { _mm512_loadu_si512(at.cast()) }
 }
 
 /// A mask of the first `len` (<= 16) lanes.

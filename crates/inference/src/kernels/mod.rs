@@ -106,13 +106,15 @@ pub(crate) struct QuantActs {
 /// Q8_0 weight rows: `rows * nb` scales, and quants stored by pairs of rows: entry
 /// `(r / 2) * nb + b` holds block `b` of rows `r & !1` and `r | 1` as
 /// `[a lo 16, b lo 16, a hi 16, b hi 16]` (an odd last row is paired with zeros), so the
-/// 512-bit kernels load two rows with one instruction.
+/// 512-bit kernels load two rows with one instruction. Each quant `q` is stored in
+/// offset binary, the byte `q + 128`: the form `vpdpbusd` multiplies, so the 512-bit
+/// kernels use the bytes as loaded (one XOR per row pair and block fewer).
 #[derive(Clone, Debug)]
 pub(crate) struct Q8Rows {
     rows: usize,
     nb: usize,
     d: Vec<u16>,
-    qs: Vec<[i8; 2 * QK]>,
+    qs: Vec<[u8; 2 * QK]>,
 }
 
 /// Q4_1 weight rows kept in their 20-byte form, served with Q8_0 numerics.
@@ -126,6 +128,9 @@ pub(crate) struct Q41Rows {
     /// Nibbles by pairs of rows: `[a 16, b 16]` per block, as [`Q8Rows::qs`].
     qs: Vec<[u8; 32]>,
 }
+
+/// The offset-binary bias of stored Q8_0 quants: byte `q ^ 0x80` is `q + 128`.
+const OFFSET: u8 = 0x80;
 
 /// The best kernel level of this CPU (detected once).
 pub(crate) fn level() -> Level {
@@ -218,13 +223,13 @@ impl Q8Rows {
         let nb = blocks_of(cols)?;
         check_len(bytes, rows * nb, 34, "Q8_0")?;
         let d = bytes.chunks_exact(34).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-        let mut qs = vec![[0i8; 2 * QK]; rows.div_ceil(2) * nb];
+        let mut qs = vec![[OFFSET; 2 * QK]; rows.div_ceil(2) * nb];
         for (i, b) in bytes.chunks_exact(34).enumerate() {
             let (r, blk) = (i / nb, i % nb);
             let pair = &mut qs[(r / 2) * nb + blk];
             let o = 16 * (r % 2);
             for (j, v) in b[2..].iter().enumerate() {
-                pair[o + j + 16 * (j / 16)] = i8::from_le_bytes([*v]);
+                pair[o + j + 16 * (j / 16)] = v ^ OFFSET;
             }
         }
         Ok(Q8Rows { rows, nb, d, qs })
@@ -244,7 +249,7 @@ impl Q8Rows {
     fn quants(&self, r: usize, b: usize) -> [i8; QK] {
         let pair = &self.qs[(r / 2) * self.nb + b];
         let o = 16 * (r % 2);
-        std::array::from_fn(|j| pair[o + j + 16 * (j / 16)])
+        std::array::from_fn(|j| i8::from_le_bytes([pair[o + j + 16 * (j / 16)] ^ OFFSET]))
     }
 
     /// Dequantise row `r` (candle's `to_float`: `q * d`).
