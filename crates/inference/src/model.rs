@@ -103,6 +103,12 @@ struct Rows {
     start: usize,
 }
 
+/// RoPE's `cos` and `sin` for a segment's positions, `[position][rope_dim / 2]`.
+struct RopeTable {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
 /// One sequence's keys and values of one layer, one vector per KV head.
 type LayerKv<'a> = (&'a [Vec<f32>], &'a [Vec<f32>]);
 
@@ -335,6 +341,14 @@ impl Model {
             x.iter_mut().for_each(|v| *v *= scale);
         }
         let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        // RoPE's angles per segment, once per pass rather than per layer and tensor.
+        let rope_global: Vec<RopeTable> =
+            rows.iter().map(|r| self.rope_table(r.start, r.m, &self.inv_freq)).collect();
+        let rope_local: Vec<RopeTable> = if self.layers.iter().any(|l| l.local) {
+            rows.iter().map(|r| self.rope_table(r.start, r.m, &self.inv_freq_local)).collect()
+        } else {
+            Vec::new()
+        };
         let mut normed = vec![0f32; m * h];
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &layer.attn_norm, c.eps, &mut normed);
@@ -353,12 +367,12 @@ impl Model {
             if let Some(w) = &layer.k_norm {
                 rms_norm_heads(&mut k, w, c.eps);
             }
-            let freqs = if layer.local { &self.inv_freq_local } else { &self.inv_freq };
-            for (r, seg) in rows.iter().zip(segments.iter_mut()) {
+            let tables = if layer.local { &rope_local } else { &rope_global };
+            for ((r, seg), table) in rows.iter().zip(segments.iter_mut()).zip(tables) {
                 let (qs, ks) =
                     (r.off * q_dim..(r.off + r.m) * q_dim, r.off * kv_dim..(r.off + r.m) * kv_dim);
-                self.rope(&mut q[qs], c.heads, r.start, freqs);
-                self.rope(&mut k[ks.clone()], c.kv_heads, r.start, freqs);
+                self.rope(&mut q[qs], c.heads, table);
+                self.rope(&mut k[ks.clone()], c.kv_heads, table);
                 let heads = li * c.kv_heads..(li + 1) * c.kv_heads;
                 for (kvh, (kc, vc)) in
                     seg.cache.k[heads.clone()].iter_mut().zip(&mut seg.cache.v[heads]).enumerate()
@@ -387,9 +401,13 @@ impl Model {
             let mut gu = Weight::matmul_many(&[&layer.w_gate, &layer.w_up], &normed, m);
             let up = gu.pop().unwrap_or_default();
             let mut gate = gu.pop().unwrap_or_default();
-            let act: fn(f32) -> f32 = if c.arch == Arch::Gemma3 { gelu_tanh } else { silu };
+            let gelu = c.arch == Arch::Gemma3;
             let gated = |(g, u): (&mut [f32], &[f32])| {
-                g.iter_mut().zip(u).for_each(|(g, u)| *g = act(*g) * u);
+                if gelu {
+                    g.iter_mut().zip(u).for_each(|(g, u)| *g = gelu_tanh(*g) * u);
+                } else {
+                    kernels::silu_mul(g, u);
+                }
             };
             // One `exp` (or `tanh`) per value: worth a parallel region for a batch of
             // sequences (several rows), not for one row. The same per-element arithmetic.
@@ -426,19 +444,33 @@ impl Model {
         Ok(results)
     }
 
-    fn rope(&self, x: &mut [f32], heads: usize, start: usize, inv_freq: &[f32]) {
-        let hd = self.config.head_dim;
+    /// The cosines and sines of positions `start..start + m` for these frequencies.
+    fn rope_table(&self, start: usize, m: usize, inv_freq: &[f32]) -> RopeTable {
         let half = self.config.rope_dim / 2;
-        let mut cos = vec![0f32; half];
-        let mut sin = vec![0f32; half];
-        for (i, row) in x.chunks_mut(heads * hd).enumerate() {
+        let mut t = RopeTable { cos: vec![0f32; m * half], sin: vec![0f32; m * half] };
+        if half == 0 {
+            return t;
+        }
+        for (i, (cos, sin)) in t.cos.chunks_mut(half).zip(t.sin.chunks_mut(half)).enumerate() {
             #[allow(clippy::cast_precision_loss)]
             let pos = (start + i) as f32;
-            for (j, f) in inv_freq.iter().enumerate() {
+            for (j, f) in inv_freq.iter().enumerate().take(half) {
                 let (s, c) = (pos * f).sin_cos();
                 sin[j] = s;
                 cos[j] = c;
             }
+        }
+        t
+    }
+
+    fn rope(&self, x: &mut [f32], heads: usize, table: &RopeTable) {
+        let hd = self.config.head_dim;
+        let half = self.config.rope_dim / 2;
+        if half == 0 {
+            return;
+        }
+        let rows = table.cos.chunks(half).zip(table.sin.chunks(half));
+        for (row, (cos, sin)) in x.chunks_mut(heads * hd).zip(rows) {
             for head in row.chunks_mut(hd) {
                 match self.config.rope_style {
                     RopeStyle::Adjacent => {
@@ -495,11 +527,9 @@ impl Model {
                 for sc in scores.chunks_exact_mut(n) {
                     sc.iter_mut().for_each(|s| *s *= scale);
                     let max = max_of(sc);
-                    let mut sum = 0f32;
-                    for s in &mut *sc {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
+                    sc.iter_mut().for_each(|s| *s -= max);
+                    kernels::exp_in_place(sc);
+                    let sum = sc.iter().fold(0f32, |sum, s| sum + s);
                     sc.iter_mut().for_each(|s| *s /= sum);
                 }
                 // Head `g`'s row `i` is at `(g * m + i) * hd` of this job's block.
@@ -646,10 +676,6 @@ fn add_bias(x: &mut [f32], b: &[f32]) {
 /// Values of the gated activation from which it runs as a parallel region (three rows
 /// of SmolLM2's 1536-wide feed-forward layer; one row costs ~5 us).
 const ACT_PAR_MIN: usize = 4096;
-
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
 
 fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -926,8 +952,10 @@ mod tests {
 
     #[test]
     fn activations_have_known_values() {
-        assert!((silu(0.0)).abs() < 1e-7);
-        assert!((silu(2.0) - 1.761_594).abs() < 1e-5);
+        let mut g = [0.0, 2.0];
+        kernels::silu_mul(&mut g, &[1.0, 1.0]);
+        assert!(g[0].abs() < 1e-7);
+        assert!((g[1] - 1.761_594).abs() < 1e-5);
         assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
         assert!((gelu_tanh(-3.0) + 0.003_637_4).abs() < 1e-5);
     }

@@ -1,8 +1,9 @@
 //! AVX-512 VNNI kernels: two weight rows per 512-bit register, one `vpdpbusd` per pair
 //! of (weight rows, activation row) blocks.
 //!
-//! Weights are expanded to offset binary (`w + 128`, unsigned) so `vpdpbusd` can
-//! multiply them with the signed activation quants; starting the sum at the
+//! Q8_0 weights are stored in offset binary (`w + 128`, unsigned; see [`Q8Rows`]), and
+//! Q4_1 weights expanded to it, so `vpdpbusd` can multiply them with the signed
+//! activation quants; starting the sum at the
 //! activation block's `-128 * sum` (precomputed in [`ActBlock`]) makes each `i32` lane
 //! exactly the four-product sum of candle's `vpmaddubsw`/`vpmaddwd` pair. Rows are
 //! stored by pairs as `[a lo, b lo, a hi, b hi]` 16-byte quarters, and activations
@@ -62,12 +63,20 @@ const GROUP: usize = 4;
 /// Blocks per parameter chunk.
 const CHUNK: usize = 16;
 
+/// How far ahead the 2-4-row kernel also asks for weights into L2 (`prefetcht2`), on
+/// top of the L1 prefetch [`PREFETCH_BYTES`] ahead. In a batched decode step the weights
+/// come from memory or a shared L3 while the kernel is busy with four rows' arithmetic,
+/// and the L1 prefetch alone left the loads waiting: with this one the 4-stream step
+/// went 16.4-17.2 -> 14.3-14.6 ms (1 thread, alternating A/B in place, 3 pairs; 16 KiB
+/// ahead gave 14.8-15.8 ms). The microbenchmark, whose matrix sits in L3, does not move.
+const FAR_PREFETCH_BYTES: usize = 8 * PREFETCH_BYTES;
+
 /// Lanes of row `b` in a pair accumulator.
 const B_LANES: __mmask16 = 0xF0F0;
 
 const ZERO_PARAMS: Params = Params { sc: [0.0; 64], a: [0.0; 64], b: [0.0; 64], slow: 0 };
 
-/// Per-call working space of the row-group loops, set up once per [`matmul`] call
+/// Per-call working space of the Q4_1 row-group loops, set up once per [`matmul`] call
 /// rather than zeroed for every group of four rows. Entries of rows past the last
 /// (`k >= n`) keep stale values; they only feed lanes that are never stored.
 struct Work {
@@ -93,14 +102,17 @@ pub(super) unsafe fn matmul(w: Source<'_>, rows: Range<usize>, x: &QuantActs, ou
             && x.d.len() >= m * nb,
         "kernel shapes"
     );
-    let mut work = Work { p: [ZERO_PARAMS; 4], tables: [[_mm512_setzero_si512(); 16]; 4] };
+    // Q4_1's working space (7 KiB) is set up only for Q4_1 weights, once per call.
+    let mut work: Option<Work> = None;
+    let mut new_work = || Work { p: [ZERO_PARAMS; 4], tables: [[_mm512_setzero_si512(); 16]; 4] };
+    let mut q8_sc = [[0f32; 64]; 4];
     if m == 1 {
         let mut r = rows.start;
         while r < rows.end {
             let n = (rows.end - r).min(4);
             let acc = match w {
-                Source::Q8(q) => decode_q8(q, r, n, x, &mut work),
-                Source::Q41(q) => decode_q41(q, r, n, x, &mut work),
+                Source::Q8(q) => decode_q8(q, r, n, x, &mut q8_sc),
+                Source::Q41(q) => decode_q41(q, r, n, x, work.get_or_insert_with(&mut new_work)),
             };
             store(&acc, &mut out[r - rows.start..], n, 1, 0);
             r += 4;
@@ -114,10 +126,18 @@ pub(super) unsafe fn matmul(w: Source<'_>, rows: Range<usize>, x: &QuantActs, ou
         while r < rows.end {
             let n = (rows.end - r).min(4);
             let col = (r - rows.start) * m;
-            match m {
-                2 => store_all(&fused::<2>(w, r, n, x, &mut work), &mut out[col..], n),
-                3 => store_all(&fused::<3>(w, r, n, x, &mut work), &mut out[col..], n),
-                _ => store_all(&fused::<4>(w, r, n, x, &mut work), &mut out[col..], n),
+            match (w, m) {
+                (Source::Q8(q), 2) => store_all(&fused_q8::<2>(q, r, n, x), &mut out[col..], n),
+                (Source::Q8(q), 3) => store_all(&fused_q8::<3>(q, r, n, x), &mut out[col..], n),
+                (Source::Q8(q), _) => store_all(&fused_q8::<4>(q, r, n, x), &mut out[col..], n),
+                (Source::Q41(q), m) => {
+                    let work = work.get_or_insert_with(&mut new_work);
+                    match m {
+                        2 => store_all(&fused_q41::<2>(q, r, n, x, work), &mut out[col..], n),
+                        3 => store_all(&fused_q41::<3>(q, r, n, x, work), &mut out[col..], n),
+                        _ => store_all(&fused_q41::<4>(q, r, n, x, work), &mut out[col..], n),
+                    }
+                }
             }
             r += 4;
         }
@@ -180,14 +200,14 @@ fn store_all<const G: usize>(acc: &[[__m512; 2]; G], out: &mut [f32], n: usize) 
 /// scratch path.
 #[allow(clippy::needless_range_loop, reason = "`j` indexes a row of `tables` and the scales")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn fused<const G: usize>(
-    w: Source<'_>,
+fn fused_q41<const G: usize>(
+    w: &Q41Rows,
     r: usize,
     n: usize,
     x: &QuantActs,
     work: &mut Work,
 ) -> [[__m512; 2]; G] {
-    let nb = w.nb();
+    let nb = w.nb;
     let pairs = n.div_ceil(2);
     let xb: [&[ActBlock]; G] = std::array::from_fn(|g| &x.blocks[g * nb..][..nb]);
     let xd: [&[f32]; G] = std::array::from_fn(|g| &x.d[g * nb..][..nb]);
@@ -196,28 +216,91 @@ fn fused<const G: usize>(
     for b0 in (0..nb).step_by(CHUNK) {
         let len = (nb - b0).min(CHUNK);
         for (k, pk) in p.iter_mut().enumerate().take(n) {
-            match w {
-                Source::Q8(q) => q8_scales(q, r + k, b0, len, None, &mut pk.sc),
-                Source::Q41(q) => {
-                    q41_params(q, r + k, b0, len, None, pk);
-                    q41_tables(q, r + k, b0, len, pk, &mut tables[k]);
-                }
-            }
+            q41_params(w, r + k, b0, len, None, pk);
+            q41_tables(w, r + k, b0, len, pk, &mut tables[k]);
         }
         for j in 0..len {
             let b = b0 + j;
             for h in 0..pairs {
                 let (a, c) = (2 * h, 2 * h + 1);
-                let wq = match w {
-                    Source::Q8(q) => q8_pair(q, r / 2 + h, b),
-                    Source::Q41(q) => q41_pair(q, r / 2 + h, b, tables[a][j], tables[c][j]),
-                };
+                let wq = q41_pair(w, r / 2 + h, b, tables[a][j], tables[c][j]);
                 let s = pair_scale(&p[a].sc, &p[c].sc, j);
                 for (accg, (xb, xd)) in acc.iter_mut().zip(xb.iter().zip(&xd)) {
                     let (y, nc) = act(&xb[b]);
                     let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wq, y));
                     let sy = _mm512_mul_ps(s, _mm512_set1_ps(xd[b]));
                     accg[h] = _mm512_fmadd_ps(sy, q, accg[h]);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// [`fused`] for Q8_0 weights, written for the fewest instructions per block: the
+/// four rows' f16 scales of a chunk are widened once into plain `f32` arrays, a row
+/// pair's scale vector is one broadcast and one masked blend (both rows' scalars read
+/// straight from memory), and the block loop walks plain slices. Per block, row pair
+/// and activation row: a `vpdpbusd`, its conversion to `f32`, the scale
+/// product `d_w * d_x` and an FMA, as in [`fused`], so results are bit-identical.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn fused_q8<const G: usize>(w: &Q8Rows, r: usize, n: usize, x: &QuantActs) -> [[__m512; 2]; G] {
+    if n > 2 { fused_q8_pairs::<G, 2>(w, r, n, x) } else { fused_q8_pairs::<G, 1>(w, r, n, x) }
+}
+
+/// [`fused_q8`] over `P` row pairs (`n <= 2 * P`).
+#[allow(clippy::needless_range_loop, reason = "`j` indexes every row's scales")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn fused_q8_pairs<const G: usize, const P: usize>(
+    w: &Q8Rows,
+    r: usize,
+    n: usize,
+    x: &QuantActs,
+) -> [[__m512; 2]; G] {
+    let nb = w.nb;
+    let pairs = P;
+    let xb: [&[ActBlock]; G] = std::array::from_fn(|g| &x.blocks[g * nb..][..nb]);
+    let xd: [&[f32]; G] = std::array::from_fn(|g| &x.d[g * nb..][..nb]);
+    let wq: [&[[u8; 2 * QK]]; 2] =
+        std::array::from_fn(|h| if h < pairs { &w.qs[(r / 2 + h) * nb..][..nb] } else { &[] });
+    let mut acc = [[_mm512_setzero_ps(); 2]; G];
+    // Rows past `n` keep zero scales; their lanes are never stored.
+    let mut sc = [[0f32; CHUNK]; 4];
+    for b0 in (0..nb).step_by(CHUNK) {
+        let len = (nb - b0).min(CHUNK);
+        let k = lanes(len);
+        for (row, s) in sc.iter_mut().enumerate().take(n) {
+            let d = &w.d[(r + row) * nb + b0..][..len];
+            // SAFETY: a masked load of the `len` scales of `d`, a store of 16 floats
+            // into `s`.
+            unsafe {
+                let v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, d.as_ptr().cast()));
+                _mm512_storeu_ps(s.as_mut_ptr(), v);
+            }
+        }
+        for j in 0..len {
+            let b = b0 + j;
+            let mut wv = [_mm512_setzero_si512(); 2];
+            let mut sv = [_mm512_setzero_ps(); 2];
+            for h in 0..pairs {
+                let at = wq[h][b].as_ptr();
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(PREFETCH_BYTES).cast());
+                _mm_prefetch::<_MM_HINT_T2>(at.wrapping_byte_add(FAR_PREFETCH_BYTES).cast());
+                // SAFETY: a 64-byte unaligned load of one pair's block.
+                wv[h] = unsafe { _mm512_loadu_si512(at.cast()) };
+                sv[h] = _mm512_mask_blend_ps(
+                    B_LANES,
+                    _mm512_set1_ps(sc[2 * h][j]),
+                    _mm512_set1_ps(sc[2 * h + 1][j]),
+                );
+            }
+            for g in 0..G {
+                let (y, nc) = act(&xb[g][b]);
+                let dy = _mm512_set1_ps(xd[g][b]);
+                for h in 0..pairs {
+                    let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wv[h], y));
+                    acc[g][h] = _mm512_fmadd_ps(_mm512_mul_ps(sv[h], dy), q, acc[g][h]);
                 }
             }
         }
@@ -323,8 +406,7 @@ fn q8_pair(w: &Q8Rows, pair: usize, b: usize) -> __m512i {
     // the kernel reads next; see [`PREFETCH_BYTES`].
     _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(PREFETCH_BYTES).cast());
     // SAFETY: a 64-byte unaligned load of one pair's block.
-    let q = unsafe { _mm512_loadu_si512(at.cast()) };
-    _mm512_xor_si512(q, _mm512_set1_epi8(i8::MIN))
+    unsafe { _mm512_loadu_si512(at.cast()) }
 }
 
 /// A mask of the first `len` (<= 16) lanes.
@@ -355,21 +437,26 @@ fn q8_scales(w: &Q8Rows, r: usize, b0: usize, len: usize, xd: Option<&[f32]>, sc
 
 /// One activation row against Q8_0 rows `r..r + n` (n <= 4, r even).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn decode_q8(w: &Q8Rows, r: usize, n: usize, x: &QuantActs, work: &mut Work) -> [__m512; 2] {
+fn decode_q8(
+    w: &Q8Rows,
+    r: usize,
+    n: usize,
+    x: &QuantActs,
+    sc: &mut [[f32; 64]; 4],
+) -> [__m512; 2] {
     let nb = w.nb;
     let pairs = n.div_ceil(2);
-    let p = &mut work.p;
     let mut acc = [_mm512_setzero_ps(); 2];
     for b0 in (0..nb).step_by(CHUNK) {
         let len = (nb - b0).min(CHUNK);
-        for (k, pk) in p.iter_mut().enumerate().take(n) {
-            q8_scales(w, r + k, b0, len, Some(&x.d), &mut pk.sc);
+        for (k, sk) in sc.iter_mut().enumerate().take(n) {
+            q8_scales(w, r + k, b0, len, Some(&x.d), sk);
         }
         for (j, blk) in x.blocks[b0..b0 + len].iter().enumerate() {
             let (y, nc) = act(blk);
             for h in 0..pairs {
                 let wq = q8_pair(w, r / 2 + h, b0 + j);
-                let s = pair_scale(&p[2 * h].sc, &p[2 * h + 1].sc, j);
+                let s = pair_scale(&sc[2 * h], &sc[2 * h + 1], j);
                 let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wq, y));
                 acc[h] = _mm512_fmadd_ps(s, q, acc[h]);
             }
@@ -707,5 +794,162 @@ pub(super) unsafe fn dot_rows_many<const G: usize>(
         for t in t..n {
             out[g * n + t] = super::dot(q, &k[t * stride..][..hd]);
         }
+    }
+}
+
+/// `expf` as glibc (2.27 and later, the build it selects on CPUs with FMA) computes it
+/// for `|x| < 85`, eight lanes at a time in double precision, the same operations in
+/// the same order: `k = round(x * 32 / ln 2)` through the `SHIFT` trick, `r` by a
+/// fused multiply-subtract, `2^(k / 32)` from its 32-entry table, a cubic in `r`
+/// evaluated with FMAs, one product, one rounding to `f32`. (The constants are the
+/// published ones of that algorithm: `2^(i / 32)` per entry, `32 / ln 2`, and the
+/// scaled polynomial.) Other lanes (`|x| >= 85`, infinities, NaN) are left for the
+/// caller, which sends them to `f32::exp`.
+mod expf {
+    pub(super) const INV_LN2_N: u64 = 0x4047_1547_652b_82fe;
+    pub(super) const SHIFT: u64 = 0x4338_0000_0000_0000;
+    pub(super) const C0: u64 = 0x3ebc_6af8_4b91_2394;
+    pub(super) const C1: u64 = 0x3f2e_bfce_50fa_c4f3;
+    pub(super) const C2: u64 = 0x3f96_2e42_ff0c_52d6;
+    /// `bits(2^(i / 32)) - (i << 47)`.
+    pub(super) const TABLE: [u64; 32] = [
+        0x3ff0_0000_0000_0000,
+        0x3fef_d9b0_d315_8574,
+        0x3fef_b558_6cf9_890f,
+        0x3fef_9301_d012_5b51,
+        0x3fef_72b8_3c7d_517b,
+        0x3fef_5487_3168_b9aa,
+        0x3fef_387a_6e75_6238,
+        0x3fef_1e9d_f51f_dee1,
+        0x3fef_06fe_0a31_b715,
+        0x3fee_f1a7_373a_a9cb,
+        0x3fee_dea6_4c12_3422,
+        0x3fee_ce08_6061_892d,
+        0x3fee_bfda_d536_2a27,
+        0x3fee_b42b_569d_4f82,
+        0x3fee_ab07_dd48_5429,
+        0x3fee_a47e_b03a_5585,
+        0x3fee_a09e_667f_3bcd,
+        0x3fee_9f75_e8ec_5f74,
+        0x3fee_a114_73eb_0187,
+        0x3fee_a589_994c_ce13,
+        0x3fee_ace5_422a_a0db,
+        0x3fee_b737_b0cd_c5e5,
+        0x3fee_c491_82a3_f090,
+        0x3fee_d503_b23e_255d,
+        0x3fee_e89f_995a_d3ad,
+        0x3fee_ff76_f2fb_5e47,
+        0x3fef_199b_dd85_529c,
+        0x3fef_3720_dcef_9069,
+        0x3fef_5818_dcfb_a487,
+        0x3fef_7c97_337b_9b5f,
+        0x3fef_a4af_a2a4_90da,
+        0x3fef_d076_5b6e_4540,
+    ];
+    /// `|x| >= 85` (or not finite) as the bits of `|x|`: glibc's slow-path test.
+    pub(super) const SLOW_ABS_BITS: u32 = 0x42a0_0000;
+}
+
+/// Eight lanes of the double-precision core of [`expf`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+fn expf_core(x: __m256) -> __m256 {
+    let pd = |bits: u64| _mm512_castsi512_pd(_mm512_set1_epi64(bits.cast_signed()));
+    let tab = |i: usize| {
+        // SAFETY: eight entries at `8 * i` of the 32.
+        unsafe { _mm512_loadu_si512(expf::TABLE[8 * i..].as_ptr().cast()) }
+    };
+    let shift = pd(expf::SHIFT);
+    let inv = pd(expf::INV_LN2_N);
+    let xd = _mm512_cvtps_pd(x);
+    let kds = _mm512_fmadd_pd(inv, xd, shift);
+    let ki = _mm512_castpd_si512(kds);
+    let kd = _mm512_sub_pd(kds, shift);
+    let r = _mm512_fmsub_pd(inv, xd, kd);
+    // Entry `ki % 32`: bits 0-3 pick within a 16-entry half, bit 4 the half.
+    let lo = _mm512_permutex2var_epi64(tab(0), ki, tab(1));
+    let hi = _mm512_permutex2var_epi64(tab(2), ki, tab(3));
+    let upper = _mm512_test_epi64_mask(ki, _mm512_set1_epi64(16));
+    let t = _mm512_mask_blend_epi64(upper, lo, hi);
+    let s = _mm512_castsi512_pd(_mm512_add_epi64(t, _mm512_slli_epi64::<47>(ki)));
+    let z = _mm512_fmadd_pd(r, pd(expf::C0), pd(expf::C1));
+    let r2 = _mm512_mul_pd(r, r);
+    let y = _mm512_fmadd_pd(r, pd(expf::C2), _mm512_set1_pd(1.0));
+    let y = _mm512_fmadd_pd(z, r2, y);
+    _mm512_cvtpd_ps(_mm512_mul_pd(y, s))
+}
+
+/// Sixteen lanes of `f32::exp` (glibc's value), with the lanes outside the fast range
+/// sent to `f32::exp`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+fn exp16(x: __m512) -> __m512 {
+    let abs = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MAX));
+    let slow = _mm512_cmpge_epu32_mask(abs, _mm512_set1_epi32(expf::SLOW_ABS_BITS.cast_signed()));
+    let lo = expf_core(_mm512_castps512_ps256(x));
+    let hi = expf_core(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x))));
+    let y = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(lo), hi);
+    if slow == 0 {
+        return y;
+    }
+    let mut xs = [0f32; 16];
+    let mut ys = [0f32; 16];
+    // SAFETY: 16 floats each.
+    unsafe {
+        _mm512_storeu_ps(xs.as_mut_ptr(), x);
+        _mm512_storeu_ps(ys.as_mut_ptr(), y);
+    }
+    for (i, (y, x)) in ys.iter_mut().zip(xs).enumerate() {
+        if slow & (1 << i) != 0 {
+            *y = x.exp();
+        }
+    }
+    // SAFETY: 16 floats.
+    unsafe { _mm512_loadu_ps(ys.as_ptr()) }
+}
+
+/// See [`super::exp_in_place`].
+///
+/// # Safety
+/// The CPU has AVX-512 F/DQ and FMA.
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+pub(super) unsafe fn exp_in_place(v: &mut [f32]) {
+    let mut chunks = v.chunks_exact_mut(16);
+    for c in &mut chunks {
+        // SAFETY: 16 floats in and out of `c`.
+        unsafe { _mm512_storeu_ps(c.as_mut_ptr(), exp16(_mm512_loadu_ps(c.as_ptr()))) };
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let k = lanes(rest.len());
+        // SAFETY: masked load and store of the `rest.len()` floats of `rest`.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(k, rest.as_ptr());
+            _mm512_mask_storeu_ps(rest.as_mut_ptr(), k, exp16(x));
+        }
+    }
+}
+
+/// See [`super::silu_mul`].
+///
+/// # Safety
+/// The CPU has AVX-512 F/DQ and FMA.
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+pub(super) unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
+    let n = g.len().min(u.len());
+    let one = _mm512_set1_ps(1.0);
+    let mut i = 0;
+    while i < n {
+        let k = lanes(n - i);
+        // SAFETY: masked loads and store of the `min(16, n - i)` floats at `i`, inside
+        // both slices.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(k, g[i..].as_ptr());
+            let up = _mm512_maskz_loadu_ps(k, u[i..].as_ptr());
+            let e = exp16(_mm512_xor_ps(x, _mm512_set1_ps(-0.0)));
+            let y = _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)), up);
+            _mm512_mask_storeu_ps(g[i..].as_mut_ptr(), k, y);
+        }
+        i += 16;
     }
 }

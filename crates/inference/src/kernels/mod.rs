@@ -54,7 +54,7 @@ pub(crate) enum Level {
     Portable,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX-512 F/BW/VL/VNNI/VBMI (plus AVX2, FMA, F16C): Ice Lake, Zen 4 and later.
+    /// AVX-512 F/BW/DQ/VL/VNNI/VBMI (plus AVX2, FMA, F16C): Ice Lake, Zen 4 and later.
     Avx512,
 }
 
@@ -106,13 +106,15 @@ pub(crate) struct QuantActs {
 /// Q8_0 weight rows: `rows * nb` scales, and quants stored by pairs of rows: entry
 /// `(r / 2) * nb + b` holds block `b` of rows `r & !1` and `r | 1` as
 /// `[a lo 16, b lo 16, a hi 16, b hi 16]` (an odd last row is paired with zeros), so the
-/// 512-bit kernels load two rows with one instruction.
+/// 512-bit kernels load two rows with one instruction. Each quant `q` is stored in
+/// offset binary, the byte `q + 128`: the form `vpdpbusd` multiplies, so the 512-bit
+/// kernels use the bytes as loaded (one XOR per row pair and block fewer).
 #[derive(Clone, Debug)]
 pub(crate) struct Q8Rows {
     rows: usize,
     nb: usize,
     d: Vec<u16>,
-    qs: Vec<[i8; 2 * QK]>,
+    qs: Vec<[u8; 2 * QK]>,
 }
 
 /// Q4_1 weight rows kept in their 20-byte form, served with Q8_0 numerics.
@@ -126,6 +128,9 @@ pub(crate) struct Q41Rows {
     /// Nibbles by pairs of rows: `[a 16, b 16]` per block, as [`Q8Rows::qs`].
     qs: Vec<[u8; 32]>,
 }
+
+/// The offset-binary bias of stored Q8_0 quants: byte `q ^ 0x80` is `q + 128`.
+const OFFSET: u8 = 0x80;
 
 /// The best kernel level of this CPU (detected once).
 pub(crate) fn level() -> Level {
@@ -141,6 +146,7 @@ fn detect() -> Level {
     let avx512 = avx2
         && is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512dq")
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni")
         && is_x86_feature_detected!("avx512vbmi");
@@ -217,13 +223,13 @@ impl Q8Rows {
         let nb = blocks_of(cols)?;
         check_len(bytes, rows * nb, 34, "Q8_0")?;
         let d = bytes.chunks_exact(34).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-        let mut qs = vec![[0i8; 2 * QK]; rows.div_ceil(2) * nb];
+        let mut qs = vec![[OFFSET; 2 * QK]; rows.div_ceil(2) * nb];
         for (i, b) in bytes.chunks_exact(34).enumerate() {
             let (r, blk) = (i / nb, i % nb);
             let pair = &mut qs[(r / 2) * nb + blk];
             let o = 16 * (r % 2);
             for (j, v) in b[2..].iter().enumerate() {
-                pair[o + j + 16 * (j / 16)] = i8::from_le_bytes([*v]);
+                pair[o + j + 16 * (j / 16)] = v ^ OFFSET;
             }
         }
         Ok(Q8Rows { rows, nb, d, qs })
@@ -243,7 +249,7 @@ impl Q8Rows {
     fn quants(&self, r: usize, b: usize) -> [i8; QK] {
         let pair = &self.qs[(r / 2) * self.nb + b];
         let o = 16 * (r % 2);
-        std::array::from_fn(|j| pair[o + j + 16 * (j / 16)])
+        std::array::from_fn(|j| i8::from_le_bytes([pair[o + j + 16 * (j / 16)] ^ OFFSET]))
     }
 
     /// Dequantise row `r` (candle's `to_float`: `q * d`).
@@ -515,6 +521,38 @@ pub(crate) fn dot_rows(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
     for (t, o) in out.iter_mut().enumerate() {
         *o = dot(q, &k[t * stride..][..q.len()]);
     }
+}
+
+/// `v[i] = v[i].exp()` for every value: the same values as `f32::exp` (glibc's `expf`
+/// where the CPU has FMA), sixteen at a time where the CPU has AVX-512 (one `expf` call
+/// per value cost ~4 ns, several percent of a batched decode step in the gated
+/// activation and the attention softmax).
+pub(crate) fn exp_in_place(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: `level` checked AVX-512 (F, DQ) and FMA.
+        #[allow(unsafe_code)]
+        unsafe {
+            avx512::exp_in_place(v)
+        };
+        return;
+    }
+    v.iter_mut().for_each(|x| *x = x.exp());
+}
+
+/// SiLU-gated values, `g[i] = g[i] / (1 + exp(-g[i])) * u[i]`: the same operations per
+/// value as the scalar form (the exponential as [`exp_in_place`] computes it).
+pub(crate) fn silu_mul(g: &mut [f32], u: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: `level` checked AVX-512 (F, DQ) and FMA.
+        #[allow(unsafe_code)]
+        unsafe {
+            avx512::silu_mul(g, u)
+        };
+        return;
+    }
+    g.iter_mut().zip(u).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
 }
 
 /// `out = sum_t w[t] * v[t * stride..][..64]` with the model's weighted-sum arithmetic
@@ -918,12 +956,188 @@ mod tests {
         }
     }
 
+    /// Weight blocks with zero, huge, tiny, infinite and NaN scales and the extreme
+    /// quants (-128, 127), against activation blocks that are zero, huge, tiny, or
+    /// sit on rounding ties (huge: scales near the f16 limit): every level and every activation-row count (the 2-4-row
+    /// kernels included) gives candle's values (NaN for NaN, any payload).
+    #[test]
+    fn q8_kernels_match_candle_on_extreme_blocks() {
+        let (rows, nb) = (7, 6);
+        let k = nb * QK;
+        // Row 5 has a NaN-scaled block and row 6 an infinite one; the other rows mix
+        // zero, huge, tiny and plain scales.
+        let scales = [0.0, 65504.0, 6.0e-8, 0.5, -1.25, 0.01];
+        let scale = |r: usize, b: usize| match (r, b) {
+            (5, 2) => f32::NAN,
+            (6, 4) => f32::INFINITY,
+            _ => scales[(r * 3 + b) % scales.len()],
+        };
+        let mut bytes = vec![0u8; rows * nb * 34];
+        let mut seed = 5u64;
+        for (i, blk) in bytes.chunks_exact_mut(34).enumerate() {
+            let d = half::f16::from_f32(scale(i / nb, i % nb));
+            blk[..2].copy_from_slice(&d.to_le_bytes());
+            for (j, q) in blk[2..].iter_mut().enumerate() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *q = match (i + j) % 7 {
+                    0 => 0x80,
+                    1 => 0x7f,
+                    _ => (seed >> 56) as u8,
+                };
+            }
+        }
+        let wq = q8_blocks(&bytes);
+        let packed = Q8Rows::from_gguf_bytes(&bytes, rows, k).unwrap();
+        for m in 1..=5 {
+            let mut x = values(m * k, 77 + m as u64, 3.0);
+            for (b, block) in x.chunks_mut(QK).enumerate() {
+                match (b + m) % 5 {
+                    0 => block.fill(0.0),
+                    1 => block.iter_mut().for_each(|v| *v *= 1.0e5),
+                    2 => block.iter_mut().for_each(|v| *v *= 1.0e-30),
+                    // Multiples of amax / 254: quants exactly half-way before rounding.
+                    3 => block.iter_mut().enumerate().for_each(|(j, v)| {
+                        *v = (j as f32 - 15.5) * (127.0 / 254.0) * 2.0 / 31.0 * 127.0
+                    }),
+                    _ => {}
+                }
+            }
+            let acts = QuantActs::new(&x, m, k);
+            let want = candle_reference(&wq, rows, &x, m, k);
+            assert!(want[..5 * m].iter().all(|v| v.is_finite()), "rows 0-4 stay finite");
+            assert!(want[5 * m..].iter().all(|v| !v.is_finite()), "rows 5-6 do not");
+            for level in every_level() {
+                let got = run(level, Source::Q8(&packed), 0..rows, &acts);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                        "{level:?} m={m} output {i}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether `f32::exp` here is glibc's FMA build of `expf`, which [`exp_in_place`]
+    /// reproduces bit for bit (elsewhere it is within one ulp of it).
+    fn libm_is_glibc_fma() -> bool {
+        cfg!(all(target_env = "gnu", target_arch = "x86_64")) && level() == Level::Avx512
+    }
+
+    fn ulps(a: f32, b: f32) -> u32 {
+        let key = |v: f32| {
+            let b = v.to_bits().cast_signed();
+            if b < 0 { i32::MIN - b } else { b }
+        };
+        key(a).abs_diff(key(b))
+    }
+
+    /// Inputs for the exponential: a sweep over the whole float range (every 4099th
+    /// bit pattern), the edges of the fast range (85), overflow and underflow
+    /// boundaries, zeros, infinities, NaN, and values near multiples of `ln 2 / 32`
+    /// (table boundaries, where `round` ties would bite).
+    fn exp_inputs() -> Vec<f32> {
+        let mut v: Vec<f32> = (0..u32::MAX / 4099).map(|i| f32::from_bits(i * 4099)).collect();
+        v.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::MIN_POSITIVE,
+            1.0e-45,
+            84.999_99,
+            85.0,
+            -85.0,
+            88.72,
+            88.73,
+            -103.0,
+            -104.0,
+            -87.5,
+            f32::MAX,
+            f32::MIN,
+        ]);
+        for k in -3000..3000 {
+            let x = k as f32 * (std::f32::consts::LN_2 / 32.0);
+            v.extend([x, f32::from_bits(x.to_bits() + 1), f32::from_bits(x.to_bits().max(1) - 1)]);
+        }
+        v
+    }
+
+    #[test]
+    fn exp_in_place_equals_libm_expf() {
+        let x = exp_inputs();
+        for len in [x.len(), 1, 15, 17, 33] {
+            let mut got = x[..len].to_vec();
+            exp_in_place(&mut got);
+            for (i, (g, x)) in got.iter().zip(&x).enumerate() {
+                let want = x.exp();
+                if libm_is_glibc_fma() {
+                    assert!(
+                        g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                        "exp({x:e}) = {g:e}, libm {want:e} (input {i})"
+                    );
+                } else {
+                    assert!(ulps(*g, want) <= 1 || (g.is_nan() && want.is_nan()), "exp({x:e})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn silu_mul_equals_the_scalar_form() {
+        let x = exp_inputs();
+        let u = values(x.len(), 3, 4.0);
+        for len in [x.len(), 1, 7, 16, 31] {
+            let mut got = x[..len].to_vec();
+            silu_mul(&mut got, &u[..len]);
+            for (i, ((g, x), u)) in got.iter().zip(&x).zip(&u).enumerate() {
+                let want = x / (1.0 + (-x).exp()) * u;
+                if libm_is_glibc_fma() {
+                    assert!(
+                        g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                        "silu({x:e}) * {u} = {g:e}, scalar {want:e} (input {i})"
+                    );
+                } else {
+                    assert!(ulps(*g, want) <= 2 || (g.is_nan() && want.is_nan()), "silu({x:e})");
+                }
+            }
+        }
+    }
+
+    /// Every one of the 2^32 inputs (`EXHAUSTIVE=1`, ~1 minute in release).
+    #[test]
+    fn exp_in_place_equals_libm_expf_for_every_input() {
+        if std::env::var_os("EXHAUSTIVE").is_none() || !libm_is_glibc_fma() {
+            return;
+        }
+        let mut buf = vec![0f32; 1 << 16];
+        let mut bad = 0u64;
+        for hi in 0..=u16::MAX {
+            let base = u32::from(hi) << 16;
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = f32::from_bits(base | i as u32);
+            }
+            exp_in_place(&mut buf);
+            for (i, g) in buf.iter().enumerate() {
+                let want = f32::from_bits(base | i as u32).exp();
+                if g.to_bits() != want.to_bits() && !(g.is_nan() && want.is_nan()) {
+                    bad += 1;
+                }
+            }
+        }
+        assert_eq!(bad, 0);
+    }
+
     #[test]
     fn q8_kernels_are_bit_identical_to_candles_dot_product() {
         // Row counts with and without a tail of the four-row groups; one to nine
         // activation rows (tails of the four-row activation groups).
         for (rows, nb) in [(1, 1), (4, 2), (7, 18), (13, 48), (64, 3)] {
-            for m in [1, 2, 4, 5, 9] {
+            for m in [1, 2, 3, 4, 5, 9] {
                 check_q8(rows, nb, m, (rows * 100 + nb * 10 + m) as u64);
             }
         }
