@@ -219,6 +219,20 @@ pub(crate) async fn read_body(
             format!("the request body is larger than the limit of {max} bytes"),
         )
     };
+    let timed_out = || {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the request body was not received within the time limit",
+        )
+    };
+    // The HTTP/1.1 loop has read the body already (its length checked on the way).
+    let body = match body {
+        RequestBody::Full(bytes) if bytes.len() > max => return Err(too_large()),
+        RequestBody::Full(bytes) => return Ok(bytes),
+        RequestBody::TimedOut => return Err(timed_out()),
+        RequestBody::Hyper(body) => body,
+    };
+    // Through hyper: refuse at once a body that declares itself too large.
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -226,18 +240,6 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|len| len > max as u64) {
         return Err(too_large());
     }
-    let timed_out = || {
-        ApiError::new(
-            ErrorCode::InvalidRequest,
-            "the request body was not received within the time limit",
-        )
-    };
-    let body = match body {
-        RequestBody::Hyper(body) => body,
-        RequestBody::Full(bytes) if bytes.len() > max => return Err(too_large()),
-        RequestBody::Full(bytes) => return Ok(bytes),
-        RequestBody::TimedOut => return Err(timed_out()),
-    };
     let read = Limited::new(body, max).collect();
     match tokio::time::timeout(state.settings.body_read_timeout, read).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
