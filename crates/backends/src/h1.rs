@@ -19,7 +19,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -33,6 +33,8 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::upstream::is_hop_by_hop;
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -295,12 +297,13 @@ fn request_head(
     head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     head.extend_from_slice(authority.as_bytes());
     if body_len > 0 || !matches!(*method, Method::GET | Method::HEAD) {
-        head.extend_from_slice(b"\r\ncontent-length: ");
-        head.extend_from_slice(body_len.to_string().as_bytes());
+        let _ = write!(head, "\r\ncontent-length: {body_len}");
     }
     head.extend_from_slice(b"\r\n");
     for (name, value) in headers {
-        if is_framing(name) {
+        // `host` and `content-length` are written above; connection-level headers
+        // describe the caller's connection, not this one.
+        if name == header::HOST || name == header::CONTENT_LENGTH || is_hop_by_hop(name) {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());
@@ -310,15 +313,6 @@ fn request_head(
     }
     head.extend_from_slice(b"\r\n");
     head
-}
-
-fn is_framing(name: &HeaderName) -> bool {
-    name == header::HOST
-        || name == header::CONTENT_LENGTH
-        || name == header::TRANSFER_ENCODING
-        || name == header::CONNECTION
-        || name == header::TE
-        || name == header::UPGRADE
 }
 
 async fn write_request(stream: &mut TcpStream, mut head: Vec<u8>, body: &Bytes) -> io::Result<()> {
@@ -487,6 +481,12 @@ impl ResponseBody {
         }
     }
 
+    /// The body is over without a clean end: close the connection, never pool it.
+    fn abandon(&mut self) {
+        self.lease = None;
+        self.framing = Framing::Done;
+    }
+
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, H1Error>> {
         let Some(lease) = self.lease.as_mut() else {
             return Poll::Ready(Ok(0));
@@ -520,20 +520,17 @@ impl http_body::Body for ResponseBody {
                 }
                 Ok(Step::NeedMore) => {}
                 Err(error) => {
-                    this.lease = None;
-                    this.framing = Framing::Done;
+                    this.abandon();
                     return Poll::Ready(Some(Err(error)));
                 }
             }
             match ready!(this.poll_fill(cx)) {
                 Ok(0) if this.framing == Framing::UntilClose => {
-                    this.framing = Framing::Done;
-                    this.lease = None;
+                    this.abandon();
                     return Poll::Ready(None);
                 }
                 Ok(0) => {
-                    this.lease = None;
-                    this.framing = Framing::Done;
+                    this.abandon();
                     return Poll::Ready(Some(Err(H1Error::Io(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the connection closed before the body ended",
@@ -541,8 +538,7 @@ impl http_body::Body for ResponseBody {
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    this.lease = None;
-                    this.framing = Framing::Done;
+                    this.abandon();
                     return Poll::Ready(Some(Err(error)));
                 }
             }

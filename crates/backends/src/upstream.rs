@@ -343,11 +343,16 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// Whether `name` describes one connection rather than the message.
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
 /// Response headers worth relaying to the client: end-to-end headers minus framing
 /// (`content-length` is recomputed by the server) and cookies.
 pub(crate) fn relay_headers(mut headers: HeaderMap) -> HeaderMap {
     let unwanted = |name: &HeaderName| {
-        HOP_BY_HOP.contains(name)
+        is_hop_by_hop(name)
             || name == header::CONTENT_LENGTH
             || name == header::SET_COOKIE
             || name == header::DATE
