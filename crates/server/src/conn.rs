@@ -329,7 +329,6 @@ impl Conn {
         close: bool,
     ) -> io::Result<bool> {
         let (parts, mut body) = response.into_parts();
-        let close = close || says_close(&parts.headers);
         let status = parts.status;
         let length = body.size_hint().exact();
         let payload = if head_only
@@ -344,7 +343,7 @@ impl Conn {
             Payload::Chunked
         };
         self.out.clear();
-        write_head(&mut self.out, status, &parts.headers, payload, close);
+        let close = write_head(&mut self.out, status, &parts.headers, payload, close);
         if let Payload::None(_) = payload {
             self.io.write_all(&self.out).await?;
             return Ok(!close);
@@ -567,33 +566,38 @@ fn has_close(value: &[u8]) -> bool {
     value.split(|b| *b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
-fn says_close(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| has_close(v.as_bytes()))
-}
-
-/// The status line and headers, with the framing headers this loop decides.
+/// The status line and headers, with the framing headers this loop decides. Returns
+/// whether the connection closes after this answer: `close`, or the handler said so.
 fn write_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
     payload: Payload,
-    close: bool,
-) {
+    mut close: bool,
+) -> bool {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // One pass over the handler's headers, noting what changes the ones added below.
+    let (mut dated, mut connection) = (false, false);
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
+        }
+        if name == header::DATE {
+            dated = true;
+        } else if name == header::CONNECTION {
+            connection = true;
+            close |= has_close(value.as_bytes());
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         out.extend_from_slice(b"date: ");
         date::write(out);
         out.extend_from_slice(b"\r\n");
@@ -605,10 +609,11 @@ fn write_head(
         Payload::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Payload::None(None) => {}
     }
-    if close && !headers.contains_key(header::CONNECTION) {
+    if close && !connection {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    close
 }
 
 /// The `date` header value, rendered once a second per thread.
@@ -782,7 +787,7 @@ mod tests {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
         let mut out = Vec::new();
-        write_head(&mut out, StatusCode::OK, &headers, Payload::Chunked, false);
+        assert!(!write_head(&mut out, StatusCode::OK, &headers, Payload::Chunked, false));
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"));
         assert!(text.contains("\r\ndate: "), "{text}");
@@ -790,10 +795,26 @@ mod tests {
         assert!(!text.contains("999"), "a handler's length is never trusted: {text}");
 
         let mut out = Vec::new();
-        write_head(&mut out, StatusCode::NOT_FOUND, &HeaderMap::new(), Payload::Length(7), true);
+        assert!(write_head(
+            &mut out,
+            StatusCode::NOT_FOUND,
+            &HeaderMap::new(),
+            Payload::Length(7),
+            true
+        ));
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(text.ends_with("content-length: 7\r\nconnection: close\r\n\r\n"), "{text}");
+
+        // A handler that says close (or sets its own date) is heard, not repeated.
+        let mut said = HeaderMap::new();
+        said.insert(header::CONNECTION, HeaderValue::from_static("Close"));
+        said.insert(header::DATE, HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+        let mut out = Vec::new();
+        assert!(write_head(&mut out, StatusCode::OK, &said, Payload::Length(0), false));
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("connection").count(), 1, "{text}");
+        assert_eq!(text.matches("date").count(), 1, "{text}");
 
         let mut out = Vec::new();
         write_head(&mut out, StatusCode::OK, &HeaderMap::new(), Payload::None(Some(15)), false);
