@@ -646,8 +646,9 @@ fn expand_q41(w: &Q41Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
 const _: () = assert!(std::mem::size_of::<ActBlock>() == 192 && QK == 32);
 
 /// One block of activations quantised to Q8_0 exactly as `quant::encode_q8_0` does it
-/// for finite values (the largest magnitude, `d = amax / 127`, `id = 1 / d`, quants
-/// `trunc(v * id + copysign(0.49999997, v * id))`): the f16 bits of `d` and the quants.
+/// (the largest magnitude of the values that are not NaN, `d = amax / 127`,
+/// `id = 1 / d`, quants `trunc(v * id + copysign(0.49999997, v * id))`): the f16 bits
+/// of `d` and the quants.
 /// Quantising the activations runs once per matrix product and activation row; the
 /// scalar form cost ~50 ns a block, a visible share of a batched decode step.
 ///
@@ -657,8 +658,12 @@ const _: () = assert!(std::mem::size_of::<ActBlock>() == 192 && QK == 32);
 pub(super) unsafe fn quantize_block(vals: &[f32; QK], qs: &mut [i8; QK]) -> u16 {
     // SAFETY: two 16-float loads inside `vals`.
     let (a, b) = unsafe { (_mm512_loadu_ps(vals.as_ptr()), _mm512_loadu_ps(vals[16..].as_ptr())) };
-    // The maximum of non-NaN magnitudes does not depend on the order of comparisons.
-    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    // NaN lanes count as zero, as in the scalar form (whose `a > max` skips them):
+    // `vmaxps` would pass a NaN on depending on the operand order. The maximum of the
+    // rest does not depend on the order of comparisons.
+    let magnitude =
+        |v: __m512| _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v), _mm512_abs_ps(v));
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(magnitude(a), magnitude(b)));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let idv = _mm512_set1_ps(id);

@@ -853,6 +853,13 @@ mod tests {
             blocks.push(std::array::from_fn(|i| (i as f32 - 16.0) * 0.5));
             blocks.push(std::array::from_fn(|i| if i == 7 { -127.0 } else { i as f32 }));
             blocks.push(std::array::from_fn(|i| if i == 31 { 1e-3 } else { 0.0 }));
+            // NaN is no magnitude, wherever it sits (first, last, beside the maximum).
+            for at in [0, 15, 16, 31] {
+                let mut nan: [f32; QK] = std::array::from_fn(|i| i as f32 - 10.0);
+                nan[at] = f32::NAN;
+                blocks.push(nan);
+            }
+            blocks.push([f32::NAN; QK]);
             for vals in &blocks {
                 let mut want = [0u8; 34];
                 crate::quant::encode_q8_0(vals, &mut want);
