@@ -80,7 +80,7 @@ const ZERO_PARAMS: Params = Params { sc: [0.0; 64], a: [0.0; 64], b: [0.0; 64], 
 /// rather than zeroed for every group of four rows. Entries of rows past the last
 /// (`k >= n`) keep stale values; they only feed lanes that are never stored.
 struct Work {
-    /// Q4_1 parameters (and Q8_0 scales in `sc`) of the four rows.
+    /// Q4_1 parameters of the four rows.
     p: [Params; 4],
     /// Q4_1 tables of the four rows.
     tables: [[__m512i; 16]; 4],
@@ -237,12 +237,12 @@ fn fused_q41<const G: usize>(
     acc
 }
 
-/// [`fused`] for Q8_0 weights, written for the fewest instructions per block: the
+/// [`fused_q41`] for Q8_0 weights, written for the fewest instructions per block: the
 /// four rows' f16 scales of a chunk are widened once into plain `f32` arrays, a row
 /// pair's scale vector is one broadcast and one masked blend (both rows' scalars read
 /// straight from memory), and the block loop walks plain slices. Per block, row pair
 /// and activation row: a `vpdpbusd`, its conversion to `f32`, the scale
-/// product `d_w * d_x` and an FMA, as in [`fused`], so results are bit-identical.
+/// product `d_w * d_x` and an FMA, as in [`fused_q41`], so results are bit-identical.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn fused_q8<const G: usize>(w: &Q8Rows, r: usize, n: usize, x: &QuantActs) -> [[__m512; 2]; G] {
     if n > 2 { fused_q8_pairs::<G, 2>(w, r, n, x) } else { fused_q8_pairs::<G, 1>(w, r, n, x) }
