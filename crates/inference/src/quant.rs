@@ -277,11 +277,16 @@ impl Weight {
         Weight::matmul_many(&[self], x, m).pop().unwrap_or_default()
     }
 
+    /// Whether the weight has a SIMD kernel of its own (Q8_0 or Q4_1 laid out for it).
+    fn is_fast(&self) -> bool {
+        matches!(self, Weight::Q8x(_) | Weight::Q41x(_))
+    }
+
     /// [`Weight::matmul`] with each of the `m` output rows in a vector of its own
     /// (the logits of each sequence): one copy out of the kernels' column-major layout
     /// instead of a transpose and a copy per row.
     pub(crate) fn matmul_rows(&self, x: &[f32], m: usize) -> Vec<Vec<f32>> {
-        if matches!(self, Weight::Q8x(_) | Weight::Q41x(_)) {
+        if self.is_fast() {
             let cols = matmul_fast_cols(&[self], x, m).pop().unwrap_or_default();
             return split_rows(&cols, m);
         }
@@ -292,7 +297,7 @@ impl Weight {
     /// Several products sharing one input, in one parallel region when the weights
     /// have the same kind of kernel (q/k/v, gate/up).
     pub(crate) fn matmul_many(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
-        if weights.iter().all(|w| matches!(w, Weight::Q8x(_) | Weight::Q41x(_))) {
+        if weights.iter().all(|w| w.is_fast()) {
             return matmul_fast(weights, x, m);
         }
         macro_rules! same {
@@ -320,7 +325,7 @@ impl Weight {
             return weights.iter().map(|w| w.matmul(x, m)).collect();
         }
         match weights.first() {
-            Some(Weight::Q8x(_) | Weight::Q41x(_)) => matmul_fast(weights, x, m),
+            Some(w) if w.is_fast() => matmul_fast(weights, x, m),
             Some(w) => {
                 vec![
                     dispatch!(w, b => matmul_group(&[b], x, m, generic_chunk).pop().unwrap_or_default()),
@@ -549,11 +554,7 @@ fn matmul_fast_scatter(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>
             let mut buf = [0f32; COLS_PER_TASK * SCATTER_MAX_ROWS];
             let chunk = &mut buf[..ncols * m];
             let cols = col0..col0 + ncols;
-            match w {
-                Weight::Q8x(q) => kernels::matmul_q8(q, cols, acts, chunk),
-                Weight::Q41x(q) => kernels::matmul_q41(q, cols, acts, chunk),
-                _ => {}
-            }
+            fast_kernel(w, cols, acts, chunk);
             for (i, row) in rows.iter_mut().enumerate() {
                 for (o, col) in row.iter_mut().zip(chunk.chunks_exact(m)) {
                     *o = col[i];
@@ -562,6 +563,16 @@ fn matmul_fast_scatter(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>
         });
     }
     outs
+}
+
+/// The fast kernel of `w` over output columns `cols` (nothing for other kinds, which
+/// never reach the fast paths: see [`Weight::is_fast`]).
+fn fast_kernel(w: &Weight, cols: std::ops::Range<usize>, acts: &QuantActs, out: &mut [f32]) {
+    match w {
+        Weight::Q8x(q) => kernels::matmul_q8(q, cols, acts, out),
+        Weight::Q41x(q) => kernels::matmul_q41(q, cols, acts, out),
+        _ => {}
+    }
 }
 
 /// [`matmul_fast`] without the final transpose: each output column-major `[n][m]`.
@@ -577,11 +588,7 @@ fn matmul_fast_cols(weights: &[&Weight], x: &[f32], m: usize) -> Vec<Vec<f32>> {
         let acts = &acts;
         tasks.into_par_iter().for_each(|(w, col0, chunk)| {
             let cols = col0..col0 + chunk.len() / m;
-            match w {
-                Weight::Q8x(q) => kernels::matmul_q8(q, cols, acts, chunk),
-                Weight::Q41x(q) => kernels::matmul_q41(q, cols, acts, chunk),
-                _ => {}
-            }
+            fast_kernel(w, cols, acts, chunk);
         });
     }
     outs
