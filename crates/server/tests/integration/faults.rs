@@ -2,10 +2,6 @@
 //! real sockets. The promise: while one backend that can serve a model is alive,
 //! clients see no failures; when none is, they get a fast, clear error.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
-
-mod util;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,12 +11,12 @@ use serde_json::Value;
 use switchyard_backends::OpenAiSettings;
 use switchyard_server::ServerSettings;
 use switchyard_test_support::{MockUpstream, Script, ms};
-use util::{Router, chat, openai, openai_with, spec, timeouts};
+use crate::util::{Router, chat, openai, openai_with, spec, timeouts};
 
 const CHAT: &str = "/v1/chat/completions";
 
 fn fast_checks() -> ServerSettings {
-    let mut settings = util::settings();
+    let mut settings = crate::util::settings();
     settings.health.checks.interval = ms(200);
     settings.health.checks.timeout = ms(100);
     settings.health.checks.unhealthy_threshold = 2;
@@ -140,7 +136,7 @@ async fn a_backend_that_never_answers_times_out_at_first_byte_and_the_other_serv
         },
         &["m"],
     );
-    let mut settings = util::settings();
+    let mut settings = crate::util::settings();
     settings.retry.backoff.initial = Duration::ZERO;
     let router =
         Router::start_with(spec(vec![hanging, openai("ok", &ok.url(), &["m"])]), settings).await;
@@ -200,7 +196,7 @@ async fn a_429_with_retry_after_takes_the_backend_out_for_that_long() {
     let limited = MockUpstream::start(Script::ok()).await.unwrap();
     limited.set_sequence([Script::status(429).retry_after(1), Script::ok()]);
     let other = MockUpstream::start(Script::ok()).await.unwrap();
-    let mut settings = util::settings();
+    let mut settings = crate::util::settings();
     settings.retry.backoff.initial = Duration::ZERO;
     let router = Router::start_with(
         spec(vec![

@@ -2,10 +2,6 @@
 //! (valid, invalid and half-written versions), the key file, the admin endpoint, and
 //! what survives a reload.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
-
-mod util;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,7 +17,7 @@ use serde_json::Value;
 use switchyard_config::{Config, Environment, Overrides};
 use switchyard_server::{ConfigLoader, Options};
 use switchyard_test_support::{MockUpstream, Script, ms};
-use util::{Router, chat, parse_prometheus, recorder, sample};
+use crate::util::{Router, chat, parse_prometheus, recorder, sample};
 
 const CHAT: &str = "/v1/chat/completions";
 const CHUNKS: usize = 10;

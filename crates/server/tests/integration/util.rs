@@ -1,7 +1,7 @@
 //! Shared helpers: start the router in-process on 127.0.0.1:0 and talk to it with a
 //! real HTTP client.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,17 +1,13 @@
 //! Each load-balancing strategy, through the running router with three mock upstreams:
 //! the distribution the mocks record matches the strategy's definition.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
-
-mod util;
-
 use std::sync::Arc;
 
 use serde_json::json;
 use switchyard_server::ServerSettings;
 use switchyard_strategy::StrategyKind;
 use switchyard_test_support::{MockUpstream, Script, ms};
-use util::{Router, chat, openai, spec};
+use crate::util::{Router, chat, openai, spec};
 
 const CHAT: &str = "/v1/chat/completions";
 
@@ -32,7 +28,7 @@ impl Fleet {
             backend.weight = weights[i];
             backends.push(backend);
         }
-        let mut settings: ServerSettings = util::settings();
+        let mut settings: ServerSettings = crate::util::settings();
         settings.routing.strategy = strategy;
         let router = Arc::new(Router::start_with(spec(backends), settings).await);
         Fleet { mocks, router }

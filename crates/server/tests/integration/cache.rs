@@ -1,10 +1,6 @@
 //! De-duplication, the response cache, Redis for fleets and the model-list cache,
 //! through the running router.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
-
-mod util;
-
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,7 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use switchyard_server::ServerSettings;
 use switchyard_test_support::{MockUpstream, Script, ms};
-use util::{Redis, Router, openai, spec};
+use crate::util::{Redis, Router, openai, spec};
 
 const CHAT: &str = "/v1/chat/completions";
 
@@ -201,7 +197,7 @@ async fn errors_are_shared_with_waiters_but_never_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_model_list_is_cached_and_survives_a_backend_outage() {
     let mock = MockUpstream::start(Script::ok().models(["alpha", "beta"])).await.unwrap();
-    let mut settings = util::settings();
+    let mut settings = crate::util::settings();
     settings.health.checks.enabled = false;
     let router = Router::start_with(spec(vec![openai("a", &mock.url(), &[])]), settings).await;
     let before = mock.request_count_for("/v1/models");
@@ -217,7 +213,7 @@ async fn the_model_list_is_cached_and_survives_a_backend_outage() {
 }
 
 fn cached_fleet_settings(redis_port: u16) -> ServerSettings {
-    let mut settings = util::settings();
+    let mut settings = crate::util::settings();
     settings.cache.response.enabled = true;
     settings.cache.redis.url = Some(format!("redis://127.0.0.1:{redis_port}"));
     settings.cache.redis.timeout = ms(100);
@@ -267,7 +263,7 @@ async fn two_routers_share_a_cached_response_through_redis_and_survive_its_loss(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_response_cache_is_opt_in_per_model_or_per_request() {
     let mock = MockUpstream::start(Script::ok()).await.unwrap();
-    let mut settings = util::settings();
+    let mut settings = crate::util::settings();
     settings.cache.response.enabled = true;
     settings.cache.response.models = vec!["cached-model".into()];
     let router =

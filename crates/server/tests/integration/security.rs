@@ -3,10 +3,6 @@
 //! tenants, rate limits (local and shared through a real Redis), TLS with HTTP/2 by
 //! ALPN, and the overhead header.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
-
-mod util;
-
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +16,7 @@ use serde_json::{Value, json};
 use switchyard_config::Config;
 use switchyard_server::Options;
 use switchyard_test_support::{MockUpstream, Script, ms};
-use util::{Redis, Router, chat, parse_prometheus, recorder, sample};
+use crate::util::{Redis, Router, chat, parse_prometheus, recorder, sample};
 
 const CHAT: &str = "/v1/chat/completions";
 

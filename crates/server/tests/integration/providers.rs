@@ -2,10 +2,6 @@
 //! backends, the Anthropic Messages API inbound (passed through or translated), and the
 //! Simple API.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
-
-mod util;
-
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -15,7 +11,7 @@ use switchyard_backends::{
 use switchyard_core::sse::SseParser;
 use switchyard_server::BackendSpec;
 use switchyard_test_support::{MockUpstream, Script};
-use util::{Router, chat, openai, spec};
+use crate::util::{Router, chat, openai, spec};
 
 const CHAT: &str = "/v1/chat/completions";
 const MESSAGES: &str = "/v1/messages";
