@@ -839,38 +839,37 @@ mod tests {
     }
 
     #[test]
-    fn simd_activation_quantisation_is_bit_identical_to_encode_q8_0() {
-        #[cfg(target_arch = "x86_64")]
-        if level() == Level::Avx512 {
-            let mut blocks: Vec<[f32; QK]> = Vec::new();
-            for (seed, scale) in [(1, 1.0), (2, 1e-6), (3, 3e4), (4, 0.5), (5, 1e-30)] {
-                let v = values(QK * 64, seed, scale);
-                blocks.extend(v.chunks_exact(QK).map(|c| <[f32; QK]>::try_from(c).unwrap()));
-            }
-            blocks.push([0.0; QK]);
-            blocks.push([-0.0; QK]);
-            // Exact halves after scaling, the extreme at either sign, a lone value.
-            blocks.push(std::array::from_fn(|i| (i as f32 - 16.0) * 0.5));
-            blocks.push(std::array::from_fn(|i| if i == 7 { -127.0 } else { i as f32 }));
-            blocks.push(std::array::from_fn(|i| if i == 31 { 1e-3 } else { 0.0 }));
-            // NaN is no magnitude, wherever it sits (first, last, beside the maximum).
-            for at in [0, 15, 16, 31] {
-                let mut nan: [f32; QK] = std::array::from_fn(|i| i as f32 - 10.0);
-                nan[at] = f32::NAN;
-                blocks.push(nan);
-            }
-            blocks.push([f32::NAN; QK]);
-            for vals in &blocks {
-                let mut want = [0u8; 34];
-                crate::quant::encode_q8_0(vals, &mut want);
-                let mut qs = [0i8; QK];
-                // SAFETY: the CPU has AVX-512 (checked above).
-                #[allow(unsafe_code)]
-                let d = unsafe { avx512::quantize_block(vals, &mut qs) };
-                assert_eq!(d.to_le_bytes(), [want[0], want[1]], "{vals:?}");
-                let got: Vec<u8> = qs.iter().map(|q| q.to_le_bytes()[0]).collect();
-                assert_eq!(got, want[2..], "{vals:?}");
-            }
+    fn activation_quantisation_is_bit_identical_to_encode_q8_0_at_this_cpus_level() {
+        // On an AVX-512 CPU this checks `avx512::quantize_block` (through `fill`, as the
+        // matmuls use it); elsewhere `fill`'s own conversion of `encode_q8_0`'s bytes.
+        let mut blocks: Vec<[f32; QK]> = Vec::new();
+        for (seed, scale) in [(1, 1.0), (2, 1e-6), (3, 3e4), (4, 0.5), (5, 1e-30)] {
+            let v = values(QK * 64, seed, scale);
+            blocks.extend(v.chunks_exact(QK).map(|c| <[f32; QK]>::try_from(c).unwrap()));
+        }
+        blocks.push([0.0; QK]);
+        blocks.push([-0.0; QK]);
+        // Exact halves after scaling, the extreme at either sign, a lone value.
+        blocks.push(std::array::from_fn(|i| (i as f32 - 16.0) * 0.5));
+        blocks.push(std::array::from_fn(|i| if i == 7 { -127.0 } else { i as f32 }));
+        blocks.push(std::array::from_fn(|i| if i == 31 { 1e-3 } else { 0.0 }));
+        // NaN is no magnitude, wherever it sits (first, last, beside the maximum).
+        for at in [0, 15, 16, 31] {
+            let mut nan: [f32; QK] = std::array::from_fn(|i| i as f32 - 10.0);
+            nan[at] = f32::NAN;
+            blocks.push(nan);
+        }
+        blocks.push([f32::NAN; QK]);
+        let flat: Vec<f32> = blocks.iter().flatten().copied().collect();
+        let acts = QuantActs::new(&flat, blocks.len(), QK);
+        assert_eq!(acts.blocks.len(), blocks.len());
+        for ((vals, block), d) in blocks.iter().zip(&acts.blocks).zip(&acts.d) {
+            let mut want = [0u8; 34];
+            crate::quant::encode_q8_0(vals, &mut want);
+            let want_d = f16::from_le_bytes([want[0], want[1]]).to_f32();
+            assert_eq!(d.to_bits(), want_d.to_bits(), "{vals:?}");
+            let got: Vec<u8> = block.qs.iter().map(|q| q.to_le_bytes()[0]).collect();
+            assert_eq!(got, want[2..], "{vals:?}");
         }
     }
 
@@ -919,11 +918,11 @@ mod tests {
             let done = weighted_sum_64_many(&mut outs, &ws, &v, stride);
             let mut one = [f32::NAN; 64];
             let single = weighted_sum_64(&mut one, ws[0], &v, stride);
-            #[cfg(target_arch = "x86_64")]
-            if level() == Level::Avx512 {
-                assert_eq!(done, (2..=4).contains(&g), "g={g}");
-                assert!(single);
-            }
+            // The kernels serve 2-4 heads (one head) on AVX-512 and decline elsewhere,
+            // leaving the caller's plain loop (tested in `model`).
+            let fast = level() == Level::Avx512;
+            assert_eq!(done, fast && (2..=4).contains(&g), "g={g}");
+            assert_eq!(single, fast);
             if done {
                 for (got, want) in got.iter().zip(&want) {
                     assert_eq!(bits(got), bits(want), "n={n} g={g}");
@@ -1115,12 +1114,11 @@ mod tests {
         }
     }
 
-    /// Every one of the 2^32 inputs (`EXHAUSTIVE=1`, ~1 minute in release).
+    /// Every one of the 2^32 inputs: bit-identical to glibc's FMA `expf` where this
+    /// build reproduces it, within one ulp elsewhere.
     #[test]
+    #[ignore = "all 2^32 inputs, ~1 minute in release: run with --run-ignored only"]
     fn exp_in_place_equals_libm_expf_for_every_input() {
-        if std::env::var_os("EXHAUSTIVE").is_none() || !libm_is_glibc_fma() {
-            return;
-        }
         let mut buf = vec![0f32; 1 << 16];
         let mut bad = 0u64;
         for hi in 0..=u16::MAX {
@@ -1131,7 +1129,7 @@ mod tests {
             exp_in_place(&mut buf);
             for (i, g) in buf.iter().enumerate() {
                 let want = f32::from_bits(base | i as u32).exp();
-                if g.to_bits() != want.to_bits() && !(g.is_nan() && want.is_nan()) {
+                if !agrees(*g, want, 1) {
                     bad += 1;
                 }
             }
