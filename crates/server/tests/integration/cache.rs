@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::util::{Redis, Router, openai, spec};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -12,7 +13,6 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use switchyard_server::ServerSettings;
 use switchyard_test_support::{MockUpstream, Script, ms};
-use crate::util::{Redis, Router, openai, spec};
 
 const CHAT: &str = "/v1/chat/completions";
 

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::util::{Router, chat, openai, openai_with, spec, timeouts};
 use serde_json::Value;
 use switchyard_backends::OpenAiSettings;
 use switchyard_server::ServerSettings;
 use switchyard_test_support::{MockUpstream, Script, ms};
-use crate::util::{Router, chat, openai, openai_with, spec, timeouts};
 
 const CHAT: &str = "/v1/chat/completions";
 

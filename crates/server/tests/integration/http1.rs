@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use crate::util::{Router, openai, spec};
 use serde_json::json;
 use switchyard_server::ServerSettings;
 use switchyard_test_support::{MockUpstream, Script, ms};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use crate::util::{Router, openai, spec};
 
 const CHAT: &str = "/v1/chat/completions";
 

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::util::{Router, chat, openai, spec};
 use serde_json::{Value, json};
 use switchyard_backends::{
     AnthropicBackend, AnthropicSettings, ClientFactory, GeminiBackend, GeminiSettings,
@@ -11,7 +12,6 @@ use switchyard_backends::{
 use switchyard_core::sse::SseParser;
 use switchyard_server::BackendSpec;
 use switchyard_test_support::{MockUpstream, Script};
-use crate::util::{Router, chat, openai, spec};
 
 const CHAT: &str = "/v1/chat/completions";
 const MESSAGES: &str = "/v1/messages";

@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::util::{Router, chat, openai, openai_with, spec, timeouts};
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use switchyard_backends::OpenAiSettings;
 use switchyard_test_support::{MockUpstream, Script, ms};
-use crate::util::{Router, chat, openai, openai_with, spec, timeouts};
 
 const CHAT: &str = "/v1/chat/completions";
 

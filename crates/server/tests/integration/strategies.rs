@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
+use crate::util::{Router, chat, openai, spec};
 use serde_json::json;
 use switchyard_server::ServerSettings;
 use switchyard_strategy::StrategyKind;
 use switchyard_test_support::{MockUpstream, Script, ms};
-use crate::util::{Router, chat, openai, spec};
 
 const CHAT: &str = "/v1/chat/completions";
 
