@@ -59,7 +59,11 @@ fn main() {
     let n_prompt = env_usize("PROMPT_TOKENS", 128);
     let n_decode = env_usize("DECODE_TOKENS", 128);
     for t in threads {
-        let settings = InferenceSettings { threads: t, ..InferenceSettings::for_model(&model) };
+        let settings = InferenceSettings {
+            threads: t,
+            compact_q4_1: std::env::var("SWITCHYARD_BENCH_COMPACT").is_ok_and(|v| v == "1"),
+            ..InferenceSettings::for_model(&model)
+        };
         let engine = match Engine::load(&settings) {
             Ok(e) => e,
             Err(e) => {
