@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -671,6 +671,39 @@ impl Shared {
 
 /// The scheduler loop: admit, then step every active sequence once, until the engine
 /// is dropped and nothing is left to do.
+/// `pool.install(f)` with the pool's other workers kept looking for work until `f`
+/// returns, so the ~150 parallel regions of a decode step find them awake instead of
+/// each waking a parked thread. Idle, they yield the CPU to anything else runnable.
+fn install_awake<R: Send>(pool: &rayon::ThreadPool, f: impl FnOnce() -> R + Send) -> R {
+    let others = pool.current_num_threads().saturating_sub(1);
+    if others == 0 {
+        return pool.install(f);
+    }
+    pool.install(|| {
+        let done = AtomicBool::new(false);
+        let home = rayon::current_thread_index();
+        rayon::in_place_scope(|scope| {
+            for _ in 0..others {
+                scope.spawn(|_| {
+                    // Taken back by the thread running `f` while it waited inside `f`:
+                    // keeping it here would stall `f` below on the same stack.
+                    if rayon::current_thread_index() == home {
+                        return;
+                    }
+                    while !done.load(Ordering::Acquire) {
+                        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                            std::thread::yield_now();
+                        }
+                    }
+                });
+            }
+            let result = f();
+            done.store(true, Ordering::Release);
+            result
+        })
+    })
+}
+
 fn scheduler(shared: &Shared, pool: &rayon::ThreadPool, inbox: &std_mpsc::Receiver<Command>) {
     let max_active = shared.settings.max_concurrent.max(1);
     let batch = shared.settings.batch_size.max(1);
@@ -717,7 +750,7 @@ fn scheduler(shared: &Shared, pool: &rayon::ThreadPool, inbox: &std_mpsc::Receiv
         metrics::gauge!(m::ACTIVE_SEQUENCES).set(active.len() as f64);
         // Prompt tokens per step: fewer while others decode, so they are not stalled long.
         let chunk = if active.len() > 1 { batch.min(64) } else { batch };
-        let steps = pool.install(|| shared.step_all(&mut active, chunk));
+        let steps = install_awake(pool, || shared.step_all(&mut active, chunk));
         // Back to front, so `swap_remove` only moves sequences already handled.
         for (i, step) in steps.into_iter().enumerate().rev() {
             match step {
