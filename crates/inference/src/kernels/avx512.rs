@@ -63,16 +63,17 @@ const GROUP: usize = 4;
 /// Blocks per parameter chunk.
 const CHUNK: usize = 16;
 
-/// How far ahead the 2-4-row kernel also asks for weights into L2 (`prefetcht2`), on
-/// top of the L1 prefetch [`PREFETCH_BYTES`] ahead. In a batched decode step the weights
-/// come from memory or a shared L3 while the kernel is busy with four rows' arithmetic,
-/// and the L1 prefetch alone left the loads waiting: with this one the 4-stream step
-/// went 16.4-17.2 -> 14.3-14.6 ms (1 thread, alternating A/B in place, 3 pairs; 16 KiB
-/// ahead gave 14.8-15.8 ms). The microbenchmark, whose matrix sits in L3, does not move.
-/// The one-row decode loop asks for it too: on an AMD EPYC (Zen 4) machine without it a
-/// single stream decoded at 58-60 tokens/s (1 thread; 8 GB/s of weights, samples on the
-/// weight loads) and with it at 113-129 (alternating A/B, 3 pairs; 16 or 64 KiB ahead
-/// measured alike, in the 4-stream step too).
+/// How far ahead every Q8_0 weight read ([`streamed`]) also asks for weights into L2
+/// (`prefetcht2`), on top of the L1 prefetch [`PREFETCH_BYTES`] ahead. In a batched
+/// decode step the weights come from memory or a shared L3 while the kernel is busy
+/// with four rows' arithmetic, and the L1 prefetch alone left the loads waiting: with
+/// this one the 4-stream step went 16.4-17.2 -> 14.3-14.6 ms (1 thread, alternating A/B
+/// in place, 3 pairs; 16 KiB ahead gave 14.8-15.8 ms). The microbenchmark, whose matrix
+/// sits in L3, does not move. The one-row decode loop had only the L1 prefetch at
+/// first: on an AMD EPYC (Zen 4) machine it decoded a single stream at 58-60 tokens/s
+/// (1 thread; 8 GB/s of weights, samples on the weight loads), with this one at 113-129
+/// (alternating A/B, 3 pairs; 16 or 64 KiB ahead measured alike, in the 4-stream step
+/// too).
 const FAR_PREFETCH_BYTES: usize = 8 * PREFETCH_BYTES;
 
 /// Lanes of row `b` in a pair accumulator.
@@ -288,11 +289,7 @@ fn fused_q8_pairs<const G: usize, const P: usize>(
             let mut wv = [_mm512_setzero_si512(); 2];
             let mut sv = [_mm512_setzero_ps(); 2];
             for h in 0..pairs {
-                let at = wq[h][b].as_ptr();
-                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(PREFETCH_BYTES).cast());
-                _mm_prefetch::<_MM_HINT_T2>(at.wrapping_byte_add(FAR_PREFETCH_BYTES).cast());
-                // SAFETY: a 64-byte unaligned load of one pair's block.
-                wv[h] = unsafe { _mm512_loadu_si512(at.cast()) };
+                wv[h] = streamed(&wq[h][b]);
                 sv[h] = _mm512_mask_blend_ps(
                     B_LANES,
                     _mm512_set1_ps(sc[2 * h][j]),
@@ -405,12 +402,20 @@ fn dot<const G: usize>(
 #[inline]
 #[target_feature(enable = "avx512f,avx2")]
 fn q8_pair(w: &Q8Rows, pair: usize, b: usize) -> __m512i {
-    let at = w.qs[pair * w.nb + b].as_ptr();
-    // Pairs are stored one after another and walked in order, so this is the stream
-    // the kernel reads next; see [`PREFETCH_BYTES`] and [`FAR_PREFETCH_BYTES`].
+    streamed(&w.qs[pair * w.nb + b])
+}
+
+/// Load one row pair's block of stored Q8_0 quants, asking for the weights ahead of it
+/// into L1 and L2. Pairs are stored one after another and every kernel walks them in
+/// order, so those are the bytes it reads next; see [`PREFETCH_BYTES`] and
+/// [`FAR_PREFETCH_BYTES`].
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+fn streamed(block: &[u8; 2 * QK]) -> __m512i {
+    let at = block.as_ptr();
     _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(PREFETCH_BYTES).cast());
     _mm_prefetch::<_MM_HINT_T2>(at.wrapping_byte_add(FAR_PREFETCH_BYTES).cast());
-    // SAFETY: a 64-byte unaligned load of one pair's block.
+    // SAFETY: a 64-byte unaligned load of the 64-byte block.
     unsafe { _mm512_loadu_si512(at.cast()) }
 }
 
