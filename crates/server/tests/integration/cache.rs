@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use crate::util::{Redis, Router, openai, spec};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -13,6 +12,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use switchyard_server::ServerSettings;
 use switchyard_test_support::{MockUpstream, Script, ms};
+
+use crate::util::{self, Redis, Router, openai, spec};
 
 const CHAT: &str = "/v1/chat/completions";
 
@@ -197,7 +198,7 @@ async fn errors_are_shared_with_waiters_but_never_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_model_list_is_cached_and_survives_a_backend_outage() {
     let mock = MockUpstream::start(Script::ok().models(["alpha", "beta"])).await.unwrap();
-    let mut settings = crate::util::settings();
+    let mut settings = util::settings();
     settings.health.checks.enabled = false;
     let router = Router::start_with(spec(vec![openai("a", &mock.url(), &[])]), settings).await;
     let before = mock.request_count_for("/v1/models");
@@ -213,7 +214,7 @@ async fn the_model_list_is_cached_and_survives_a_backend_outage() {
 }
 
 fn cached_fleet_settings(redis_port: u16) -> ServerSettings {
-    let mut settings = crate::util::settings();
+    let mut settings = util::settings();
     settings.cache.response.enabled = true;
     settings.cache.redis.url = Some(format!("redis://127.0.0.1:{redis_port}"));
     settings.cache.redis.timeout = ms(100);
@@ -263,7 +264,7 @@ async fn two_routers_share_a_cached_response_through_redis_and_survive_its_loss(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_response_cache_is_opt_in_per_model_or_per_request() {
     let mock = MockUpstream::start(Script::ok()).await.unwrap();
-    let mut settings = crate::util::settings();
+    let mut settings = util::settings();
     settings.cache.response.enabled = true;
     settings.cache.response.models = vec!["cached-model".into()];
     let router =

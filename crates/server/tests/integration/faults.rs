@@ -7,16 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::util::{Router, chat, openai, openai_with, spec, timeouts};
 use serde_json::Value;
 use switchyard_backends::OpenAiSettings;
 use switchyard_server::ServerSettings;
 use switchyard_test_support::{MockUpstream, Script, ms};
 
+use crate::util::{self, Router, chat, openai, openai_with, spec, timeouts};
+
 const CHAT: &str = "/v1/chat/completions";
 
 fn fast_checks() -> ServerSettings {
-    let mut settings = crate::util::settings();
+    let mut settings = util::settings();
     settings.health.checks.interval = ms(200);
     settings.health.checks.timeout = ms(100);
     settings.health.checks.unhealthy_threshold = 2;
@@ -136,7 +137,7 @@ async fn a_backend_that_never_answers_times_out_at_first_byte_and_the_other_serv
         },
         &["m"],
     );
-    let mut settings = crate::util::settings();
+    let mut settings = util::settings();
     settings.retry.backoff.initial = Duration::ZERO;
     let router =
         Router::start_with(spec(vec![hanging, openai("ok", &ok.url(), &["m"])]), settings).await;
@@ -196,7 +197,7 @@ async fn a_429_with_retry_after_takes_the_backend_out_for_that_long() {
     let limited = MockUpstream::start(Script::ok()).await.unwrap();
     limited.set_sequence([Script::status(429).retry_after(1), Script::ok()]);
     let other = MockUpstream::start(Script::ok()).await.unwrap();
-    let mut settings = crate::util::settings();
+    let mut settings = util::settings();
     settings.retry.backoff.initial = Duration::ZERO;
     let router = Router::start_with(
         spec(vec![

@@ -3,12 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::util::{Router, openai, spec};
 use serde_json::json;
 use switchyard_server::ServerSettings;
 use switchyard_test_support::{MockUpstream, Script, ms};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::util::{self, Router, openai, spec};
 
 const CHAT: &str = "/v1/chat/completions";
 
@@ -131,7 +132,7 @@ async fn router_with(settings: ServerSettings) -> (MockUpstream, Router) {
 }
 
 async fn router() -> (MockUpstream, Router) {
-    router_with(crate::util::settings()).await
+    router_with(util::settings()).await
 }
 
 #[tokio::test]
@@ -286,7 +287,7 @@ async fn what_the_loop_declines_hyper_serves_on_the_same_connection() {
 #[tokio::test]
 async fn a_body_too_slow_is_a_400_and_the_connection_closes() {
     let settings =
-        ServerSettings { body_read_timeout: Duration::from_millis(200), ..crate::util::settings() };
+        ServerSettings { body_read_timeout: Duration::from_millis(200), ..util::settings() };
     let (mock, router) = router_with(settings).await;
     let mut client = Client::connect(&router).await;
     client
@@ -305,7 +306,7 @@ async fn silent_and_idle_connections_are_closed_after_their_timeouts() {
     let settings = ServerSettings {
         header_read_timeout: Duration::from_millis(300),
         keepalive_timeout: Duration::from_millis(1000),
-        ..crate::util::settings()
+        ..util::settings()
     };
     let (_mock, router) = router_with(settings).await;
 

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use crate::util::{Router, chat, openai, spec};
 use serde_json::{Value, json};
 use switchyard_backends::{
     AnthropicBackend, AnthropicSettings, ClientFactory, GeminiBackend, GeminiSettings,
@@ -12,6 +11,8 @@ use switchyard_backends::{
 use switchyard_core::sse::SseParser;
 use switchyard_server::BackendSpec;
 use switchyard_test_support::{MockUpstream, Script};
+
+use crate::util::{Router, chat, openai, spec};
 
 const CHAT: &str = "/v1/chat/completions";
 const MESSAGES: &str = "/v1/messages";

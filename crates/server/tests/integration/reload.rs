@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::util::{Router, chat, parse_prometheus, recorder, sample};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -18,6 +17,8 @@ use serde_json::Value;
 use switchyard_config::{Config, Environment, Overrides};
 use switchyard_server::{ConfigLoader, Options};
 use switchyard_test_support::{MockUpstream, Script, ms};
+
+use crate::util::{Router, chat, parse_prometheus, recorder, sample};
 
 const CHAT: &str = "/v1/chat/completions";
 const CHUNKS: usize = 10;

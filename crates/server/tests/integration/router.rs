@@ -3,13 +3,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::util::{Router, chat, openai, openai_with, spec, timeouts};
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use switchyard_backends::OpenAiSettings;
 use switchyard_test_support::{MockUpstream, Script, ms};
+
+use crate::util::{self, Router, chat, openai, openai_with, spec, timeouts};
 
 const CHAT: &str = "/v1/chat/completions";
 
@@ -137,7 +138,7 @@ async fn round_robin_spreads_requests_over_backends_serving_the_model() {
 #[tokio::test]
 async fn every_bad_request_gets_its_status_and_openai_error_json() {
     let mock = MockUpstream::start(Script::ok()).await.unwrap();
-    let mut settings = crate::util::settings();
+    let mut settings = util::settings();
     settings.max_request_size = 1024;
     let router =
         Router::start_with(spec(vec![openai("a", &mock.url(), &["mock-model"])]), settings).await;
@@ -170,7 +171,7 @@ async fn every_bad_request_gets_its_status_and_openai_error_json() {
 #[tokio::test]
 async fn body_over_the_limit_without_content_length_is_rejected() {
     let mock = MockUpstream::start(Script::ok()).await.unwrap();
-    let mut settings = crate::util::settings();
+    let mut settings = util::settings();
     settings.max_request_size = 1024;
     let router =
         Router::start_with(spec(vec![openai("a", &mock.url(), &["mock-model"])]), settings).await;
@@ -182,7 +183,7 @@ async fn body_over_the_limit_without_content_length_is_rejected() {
         .build_http();
     let request = Request::post(router.url(CHAT)).body(body).unwrap();
     let response = client.request(request).await.unwrap();
-    crate::util::Reply::read(response).await.assert_error(413, "payload_too_large");
+    util::Reply::read(response).await.assert_error(413, "payload_too_large");
 }
 
 #[tokio::test]
@@ -202,7 +203,7 @@ async fn unreachable_upstream_is_502_and_silent_upstream_is_504() {
         &["slow"],
     );
     // Without active checks the router must find out on the request path.
-    let mut settings = crate::util::settings();
+    let mut settings = util::settings();
     settings.health.checks.enabled = false;
     let backends = spec(vec![openai("dead", &dead_url, &["gone"]), silent_backend]);
     let router = Router::start_with(backends, settings).await;
@@ -328,7 +329,7 @@ async fn shutdown_drains_an_in_flight_stream() {
     let response = router.send(request).await;
     router.trigger_shutdown();
     // New connections are refused soon after.
-    let text = crate::util::Reply::read(response).await.text();
+    let text = util::Reply::read(response).await.text();
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert_eq!(text.matches("chunk ").count(), 20);
     router.task.take().unwrap().await.unwrap().unwrap();

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::util::{Redis, Router, chat, parse_prometheus, recorder, sample};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -17,6 +16,8 @@ use serde_json::{Value, json};
 use switchyard_config::Config;
 use switchyard_server::Options;
 use switchyard_test_support::{MockUpstream, Script, ms};
+
+use crate::util::{Redis, Router, chat, parse_prometheus, recorder, sample};
 
 const CHAT: &str = "/v1/chat/completions";
 

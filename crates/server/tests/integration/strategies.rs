@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use crate::util::{Router, chat, openai, spec};
 use serde_json::json;
 use switchyard_server::ServerSettings;
 use switchyard_strategy::StrategyKind;
 use switchyard_test_support::{MockUpstream, Script, ms};
+
+use crate::util::{self, Router, chat, openai, spec};
 
 const CHAT: &str = "/v1/chat/completions";
 
@@ -28,7 +29,7 @@ impl Fleet {
             backend.weight = weights[i];
             backends.push(backend);
         }
-        let mut settings: ServerSettings = crate::util::settings();
+        let mut settings: ServerSettings = util::settings();
         settings.routing.strategy = strategy;
         let router = Arc::new(Router::start_with(spec(backends), settings).await);
         Fleet { mocks, router }
