@@ -24,8 +24,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// scattered: each 2 MiB region the allocator touches as a huge page costs 2 MiB of
 /// RSS (idle RSS 19 MB instead of 12 MB). mimalloc is built with `no_thp`, so it never
 /// asks for huge pages itself (THP `madvise` mode, Debian's default); this flag covers
-/// THP `always` systems, and is turned back on when a local model is configured, since
-/// large weight matrices do gain from huge pages there.
+/// THP `always` systems, and is turned back on when a local model is configured: the
+/// engine asks for huge pages for its weight arena (`madvise`), and this flag would
+/// refuse them (decode at 1 thread 89-120 -> 120-160 tokens/s with them, docs/inference.md).
 fn huge_pages(on: bool) {
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(!on);

@@ -248,7 +248,20 @@ impl Model {
         let inv_freq = inv_freq(config.rope_dim, config.rope_base, config.rope_scale);
         let inv_freq_local = inv_freq_fn(config.rope_dim, config.rope_base_local);
         let output_norm = file.vector("output_norm.weight")?;
-        Ok(Model { config, embeddings, output, output_norm, layers, inv_freq, inv_freq_local })
+        let mut model =
+            Model { config, embeddings, output, output_norm, layers, inv_freq, inv_freq_local };
+        let mut q8: Vec<&mut kernels::Q8Rows> =
+            model.weights_mut().filter_map(Weight::as_q8_mut).collect();
+        kernels::pack(&mut q8);
+        Ok(model)
+    }
+
+    /// Every weight matrix, in the order a forward pass reads them.
+    fn weights_mut(&mut self) -> impl Iterator<Item = &mut Weight> {
+        let layers = self.layers.iter_mut().flat_map(|l| {
+            [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w_gate, &mut l.w_up, &mut l.w_down]
+        });
+        std::iter::once(&mut self.embeddings).chain(layers).chain(self.output.as_mut())
     }
 
     /// A human-readable summary of the weight formats, e.g. `Q8_0 x 210, F32 x 61`.

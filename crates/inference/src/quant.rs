@@ -147,6 +147,14 @@ pub(crate) fn copy_bytes_into<T: GgmlType>(bytes: &[u8], out: &mut [T]) {
 }
 
 impl Weight {
+    /// The matrix in this crate's Q8_0 form, if it is in it.
+    pub(crate) fn as_q8_mut(&mut self) -> Option<&mut Q8Rows> {
+        match self {
+            Weight::Q8x(q) => Some(q),
+            _ => None,
+        }
+    }
+
     /// Build a weight from GGUF tensor bytes as its own format (candle's kernels).
     /// `dims` is row-major (outputs first).
     pub(crate) fn from_gguf(dtype: GgmlDType, bytes: &[u8], dims: &[usize]) -> Result<Self> {

@@ -41,7 +41,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
-use std::ops::Range;
+use std::ops::{Deref, Range};
+use std::sync::Arc;
 
 use half::f16;
 
@@ -114,7 +115,83 @@ pub(crate) struct Q8Rows {
     rows: usize,
     nb: usize,
     d: Vec<u16>,
-    qs: Vec<[u8; 2 * QK]>,
+    qs: Quants,
+}
+
+/// The stored quants of a [`Q8Rows`]: entries `start..start + len` of an anonymous
+/// mapping, at first the matrix's own, after [`pack`] an arena shared with the model's
+/// other matrices. A mapping rather than a `Vec` so that the first copy goes back to the
+/// system the moment [`pack`] replaces it, whatever the allocator does with freed memory.
+#[derive(Clone, Debug)]
+struct Quants {
+    map: Arc<memmap2::MmapMut>,
+    start: usize,
+    len: usize,
+}
+
+impl Quants {
+    /// A new mapping of `len` entries, each set to `fill`.
+    fn map(len: usize, fill: [u8; 2 * QK]) -> Result<memmap2::MmapMut> {
+        let mut map = memmap2::MmapMut::map_anon(len * 2 * QK).map_err(|e| {
+            Error::Model(format!("cannot map {} bytes for weights: {e}", len * 2 * QK))
+        })?;
+        map.as_chunks_mut().0.fill(fill);
+        Ok(map)
+    }
+}
+
+impl Deref for Quants {
+    type Target = [[u8; 2 * QK]];
+
+    fn deref(&self) -> &Self::Target {
+        &self.map.as_chunks().0[self.start..self.start + self.len]
+    }
+}
+
+/// Below this many bytes of quants [`pack`] leaves them where they are: a 2 MiB page
+/// is the point of the arena.
+const ARENA_MIN_BYTES: usize = 4 << 20;
+
+/// Move the quants of `weights` into one anonymous mapping that the kernel is asked
+/// to back with 2 MiB pages (`madvise(MADV_HUGEPAGE)`, honoured where transparent huge
+/// pages are `always` or `madvise`, the usual default). Decode reads every weight once
+/// per token: with 4 KiB pages that is a TLB miss every 4 KiB (35,000 per token for
+/// SmolLM2), and a model's matrices are mostly too small (under 1 MiB each in SmolLM2)
+/// to get huge pages one by one. Only where the bytes live changes; if the mapping
+/// cannot be made the weights stay where they are.
+pub(crate) fn pack(weights: &mut [&mut Q8Rows]) {
+    let total: usize = weights.iter().map(|w| w.qs.len()).sum();
+    if total * 2 * QK < ARENA_MIN_BYTES {
+        return;
+    }
+    let Ok(mut map) = memmap2::MmapMut::map_anon(total * 2 * QK) else {
+        return;
+    };
+    // A hint: refused (an old kernel, THP `never`) the arena still works, with 4 KiB
+    // pages. It has to come before the first write, which is when pages are chosen.
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    // Each matrix's own mapping is unmapped as soon as it is copied (its quants point
+    // at an empty placeholder until the arena is shared), so the copy never holds much
+    // more than one set of weights.
+    let Ok(empty) = memmap2::MmapMut::map_anon(0) else {
+        return;
+    };
+    let empty = Arc::new(empty);
+    let mut at = Vec::with_capacity(weights.len());
+    let mut next = 0;
+    let blocks = map.as_chunks_mut::<{ 2 * QK }>().0;
+    for w in weights.iter_mut() {
+        let len = w.qs.len();
+        blocks[next..next + len].copy_from_slice(&w.qs);
+        w.qs = Quants { map: Arc::clone(&empty), start: 0, len: 0 };
+        at.push((next, len));
+        next += len;
+    }
+    let map = Arc::new(map);
+    for (w, (start, len)) in weights.iter_mut().zip(at) {
+        w.qs = Quants { map: Arc::clone(&map), start, len };
+    }
 }
 
 /// Q4_1 weight rows kept in their 20-byte form, served with Q8_0 numerics.
@@ -223,7 +300,9 @@ impl Q8Rows {
         let nb = blocks_of(cols)?;
         check_len(bytes, rows * nb, 34, "Q8_0")?;
         let d = bytes.chunks_exact(34).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-        let mut qs = vec![[OFFSET; 2 * QK]; rows.div_ceil(2) * nb];
+        let len = rows.div_ceil(2) * nb;
+        let mut map = Quants::map(len, [OFFSET; 2 * QK])?;
+        let qs = map.as_chunks_mut::<{ 2 * QK }>().0;
         for (i, b) in bytes.chunks_exact(34).enumerate() {
             let (r, blk) = (i / nb, i % nb);
             let pair = &mut qs[(r / 2) * nb + blk];
@@ -232,7 +311,7 @@ impl Q8Rows {
                 pair[o + j + 16 * (j / 16)] = v ^ OFFSET;
             }
         }
-        Ok(Q8Rows { rows, nb, d, qs })
+        Ok(Q8Rows { rows, nb, d, qs: Quants { map: Arc::new(map), start: 0, len } })
     }
 
     /// Outputs.
@@ -1160,6 +1239,55 @@ mod tests {
         check_q41(8, 4, 2, 6, 0.01, -0.03);
         check_q41(8, 4, 2, 7, 1e-4, 0.0);
         check_q41(8, 4, 2, 8, 300.0, 100.0);
+    }
+
+    #[test]
+    fn packed_weights_read_and_multiply_as_before() {
+        // Three matrices, 6 MiB of quants in all (past ARENA_MIN_BYTES), one with an odd
+        // row count, so the arena holds a row pair padded with zeros.
+        let shapes = [(1025usize, 2048usize), (1024, 2048), (1024, 2048)];
+        let mut mats: Vec<(Vec<BlockQ8_0>, Q8Rows)> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &(rows, k))| {
+                let w = values(rows * k, 7 + i as u64, 2.0);
+                let mut wq = vec![BlockQ8_0::zeros(); rows * k / QK];
+                BlockQ8_0::from_float(&w, &mut wq);
+                let q = Q8Rows::from_gguf_bytes(&raw(&wq), rows, k).unwrap();
+                (wq, q)
+            })
+            .collect();
+        let x = values(2 * 2048, 99, 30.0);
+        let acts = QuantActs::new(&x, 2, 2048);
+        let before: Vec<Vec<f32>> =
+            mats.iter().map(|(_, q)| run(level(), Source::Q8(q), 0..q.rows(), &acts)).collect();
+        let mut refs: Vec<&mut Q8Rows> = mats.iter_mut().map(|(_, q)| q).collect();
+        pack(&mut refs);
+        let first = &mats[0].1.qs.map;
+        for ((wq, q), want) in mats.iter().zip(&before) {
+            assert!(Arc::ptr_eq(&q.qs.map, first), "every matrix lives in the one arena");
+            let got = run(level(), Source::Q8(q), 0..q.rows(), &acts);
+            assert_eq!(bits(&got), bits(want));
+            let k = q.cols();
+            let mut row = vec![0f32; k];
+            q.row_into(q.rows() - 1, &mut row);
+            let mut deq = vec![0f32; k];
+            BlockQ8_0::to_float(&wq[(q.rows() - 1) * k / QK..], &mut deq);
+            assert_eq!(bits(&row), bits(&deq), "the last row dequantises as before");
+        }
+        assert_eq!(first.len(), mats.iter().map(|(_, q)| q.qs.len() * 2 * QK).sum::<usize>());
+    }
+
+    #[test]
+    fn small_models_keep_their_own_buffers() {
+        let w = values(64 * 64, 3, 1.0);
+        let mut wq = vec![BlockQ8_0::zeros(); 64 * 2];
+        BlockQ8_0::from_float(&w, &mut wq);
+        let mut a = Q8Rows::from_gguf_bytes(&raw(&wq), 64, 64).unwrap();
+        let mut b = a.clone();
+        let (ma, mb) = (Arc::clone(&a.qs.map), Arc::clone(&b.qs.map));
+        pack(&mut [&mut a, &mut b]);
+        assert!(Arc::ptr_eq(&a.qs.map, &ma) && Arc::ptr_eq(&b.qs.map, &mb));
     }
 
     #[test]
