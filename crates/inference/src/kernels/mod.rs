@@ -45,6 +45,7 @@ use std::ops::{Deref, Range};
 use std::sync::Arc;
 
 use half::f16;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -148,6 +149,12 @@ impl Deref for Quants {
     }
 }
 
+/// Entries per piece of [`pack`]'s parallel copy: one 2 MiB page.
+const PIECE: usize = (2 << 20) / (2 * QK);
+
+/// Bytes of matrices [`pack`] copies before unmapping their own copies.
+const BATCH_BYTES: usize = 16 << 20;
+
 /// Below this many bytes of quants [`pack`] leaves them where they are: a 2 MiB page
 /// is the point of the arena.
 const ARENA_MIN_BYTES: usize = 4 << 20;
@@ -160,6 +167,11 @@ const ARENA_MIN_BYTES: usize = 4 << 20;
 /// to get huge pages one by one. Only where the bytes live changes; if the mapping
 /// cannot be made the weights stay where they are.
 pub(crate) fn pack(weights: &mut [&mut Q8Rows]) {
+    pack_in_batches(weights, BATCH_BYTES);
+}
+
+/// [`pack`], copying about `batch` bytes of matrices at a time.
+fn pack_in_batches(weights: &mut [&mut Q8Rows], batch: usize) {
     let total: usize = weights.iter().map(|w| w.qs.len()).sum();
     if total * 2 * QK < ARENA_MIN_BYTES {
         return;
@@ -171,22 +183,37 @@ pub(crate) fn pack(weights: &mut [&mut Q8Rows]) {
     // pages. It has to come before the first write, which is when pages are chosen.
     #[cfg(target_os = "linux")]
     let _ = map.advise(memmap2::Advice::HugePage);
-    // Each matrix's own mapping is unmapped as soon as it is copied (its quants point
-    // at an empty placeholder until the arena is shared), so the copy never holds much
-    // more than one set of weights.
+    // The first write to each 2 MiB page is when the kernel zeroes it (on some VMs also
+    // when the host backs it, the bulk of the cost), so the copy runs on the current
+    // rayon pool in page-sized pieces, a batch of matrices at a time; each matrix's own
+    // mapping is unmapped once its batch is copied (its quants point at an empty
+    // placeholder until the arena is shared), so the copy never holds much more than
+    // one set of weights.
     let Ok(empty) = memmap2::MmapMut::map_anon(0) else {
         return;
     };
     let empty = Arc::new(empty);
     let mut at = Vec::with_capacity(weights.len());
-    let mut next = 0;
-    let blocks = map.as_chunks_mut::<{ 2 * QK }>().0;
-    for w in weights.iter_mut() {
-        let len = w.qs.len();
-        blocks[next..next + len].copy_from_slice(&w.qs);
-        w.qs = Quants { map: Arc::clone(&empty), start: 0, len: 0 };
-        at.push((next, len));
-        next += len;
+    let mut rest = map.as_chunks_mut::<{ 2 * QK }>().0;
+    let (mut i, mut next) = (0, 0);
+    while i < weights.len() {
+        let (mut j, mut bytes, mut pieces) = (i, 0, Vec::new());
+        while j < weights.len() && (j == i || bytes < batch) {
+            let src = &weights[j].qs;
+            let (dst, tail) = std::mem::take(&mut rest).split_at_mut(src.len());
+            rest = tail;
+            pieces.extend(dst.chunks_mut(PIECE).zip(src.chunks(PIECE)));
+            bytes += src.len() * 2 * QK;
+            j += 1;
+        }
+        pieces.into_par_iter().for_each(|(dst, src)| dst.copy_from_slice(src));
+        for w in &mut weights[i..j] {
+            let len = w.qs.len();
+            w.qs = Quants { map: Arc::clone(&empty), start: 0, len: 0 };
+            at.push((next, len));
+            next += len;
+        }
+        i = j;
     }
     let map = Arc::new(map);
     for (w, (start, len)) in weights.iter_mut().zip(at) {
@@ -1243,8 +1270,9 @@ mod tests {
 
     #[test]
     fn packed_weights_read_and_multiply_as_before() {
-        // Three matrices, 6 MiB of quants in all (past ARENA_MIN_BYTES), one with an odd
-        // row count, so the arena holds a row pair padded with zeros.
+        // Three matrices, 6 MiB of quants in all (past ARENA_MIN_BYTES), the first with
+        // an odd row count (a row pair padded with zeros) and a little over one 2 MiB
+        // piece of the copy.
         let shapes = [(1025usize, 2048usize), (1024, 2048), (1024, 2048)];
         let mut mats: Vec<(Vec<BlockQ8_0>, Q8Rows)> = shapes
             .iter()
@@ -1262,7 +1290,8 @@ mod tests {
         let before: Vec<Vec<f32>> =
             mats.iter().map(|(_, q)| run(level(), Source::Q8(q), 0..q.rows(), &acts)).collect();
         let mut refs: Vec<&mut Q8Rows> = mats.iter_mut().map(|(_, q)| q).collect();
-        pack(&mut refs);
+        // Batches of one matrix, so own copies are unmapped between batches.
+        pack_in_batches(&mut refs, 1);
         let first = &mats[0].1.qs.map;
         for ((wq, q), want) in mats.iter().zip(&before) {
             assert!(Arc::ptr_eq(&q.qs.map, first), "every matrix lives in the one arena");
