@@ -26,7 +26,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// asks for huge pages itself (THP `madvise` mode, Debian's default); this flag covers
 /// THP `always` systems, and is turned back on when a local model is configured: the
 /// engine asks for huge pages for its weight arena (`madvise`), and this flag would
-/// refuse them (decode at 1 thread 89-120 -> 120-160 tokens/s with them, docs/inference.md).
+/// refuse them (decode at 1 thread 88-120 -> 114-160 tokens/s with them, docs/inference.md).
 fn huge_pages(on: bool) {
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(!on);

@@ -131,13 +131,11 @@ struct Quants {
 }
 
 impl Quants {
-    /// A new mapping of `len` entries, each set to `fill`.
-    fn map(len: usize, fill: [u8; 2 * QK]) -> Result<memmap2::MmapMut> {
-        let mut map = memmap2::MmapMut::map_anon(len * 2 * QK).map_err(|e| {
+    /// A new mapping of `len` entries (zero bytes).
+    fn map(len: usize) -> Result<memmap2::MmapMut> {
+        memmap2::MmapMut::map_anon(len * 2 * QK).map_err(|e| {
             Error::Model(format!("cannot map {} bytes for weights: {e}", len * 2 * QK))
-        })?;
-        map.as_chunks_mut().0.fill(fill);
-        Ok(map)
+        })
     }
 }
 
@@ -328,16 +326,23 @@ impl Q8Rows {
         check_len(bytes, rows * nb, 34, "Q8_0")?;
         let d = bytes.chunks_exact(34).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
         let len = rows.div_ceil(2) * nb;
-        let mut map = Quants::map(len, [OFFSET; 2 * QK])?;
-        let qs = map.as_chunks_mut::<{ 2 * QK }>().0;
-        for (i, b) in bytes.chunks_exact(34).enumerate() {
-            let (r, blk) = (i / nb, i % nb);
-            let pair = &mut qs[(r / 2) * nb + blk];
-            let o = 16 * (r % 2);
-            for (j, v) in b[2..].iter().enumerate() {
-                pair[o + j + 16 * (j / 16)] = v ^ OFFSET;
+        let mut map = Quants::map(len)?;
+        // Row pairs in parallel (on the loading pool): the bytes of two rows go into
+        // one pair's entries; an odd last row is paired with zero quants.
+        let pairs = map.as_chunks_mut::<{ 2 * QK }>().0.par_chunks_mut(nb);
+        pairs.zip(bytes.par_chunks(2 * nb * 34)).for_each(|(dst, src)| {
+            if src.len() < 2 * nb * 34 {
+                dst.iter_mut().for_each(|pair| *pair = [OFFSET; 2 * QK]);
             }
-        }
+            for (i, b) in src.chunks_exact(34).enumerate() {
+                let (r, blk) = (i / nb, i % nb);
+                let pair = &mut dst[blk];
+                let o = 16 * r;
+                for (j, v) in b[2..].iter().enumerate() {
+                    pair[o + j + 16 * (j / 16)] = v ^ OFFSET;
+                }
+            }
+        });
         Ok(Q8Rows { rows, nb, d, qs: Quants { map: Arc::new(map), start: 0, len } })
     }
 
