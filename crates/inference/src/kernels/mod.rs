@@ -132,7 +132,7 @@ struct Quants {
 
 impl Quants {
     /// A new mapping of `len` entries (zero bytes).
-    fn map(len: usize) -> Result<memmap2::MmapMut> {
+    fn zeroed(len: usize) -> Result<memmap2::MmapMut> {
         memmap2::MmapMut::map_anon(len * 2 * QK).map_err(|e| {
             Error::Model(format!("cannot map {} bytes for weights: {e}", len * 2 * QK))
         })
@@ -326,7 +326,7 @@ impl Q8Rows {
         check_len(bytes, rows * nb, 34, "Q8_0")?;
         let d = bytes.chunks_exact(34).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
         let len = rows.div_ceil(2) * nb;
-        let mut map = Quants::map(len)?;
+        let mut map = Quants::zeroed(len)?;
         // Row pairs in parallel (on the loading pool): the bytes of two rows go into
         // one pair's entries; an odd last row is paired with zero quants.
         let pairs = map.as_chunks_mut::<{ 2 * QK }>().0.par_chunks_mut(nb);
