@@ -97,26 +97,39 @@ fn dot<const G: usize>(
     }
 }
 
+/// Q8_0 rows `r..r + n` (n <= 4, r even) into the scratch as signed quants: each
+/// stored row pair (`[a lo, b lo]`, `[a hi, b hi]` in offset binary) is two 32-byte
+/// loads, two lane permutes and two XORs.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn expand_q8(w: &super::Q8Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
     let nb = w.nb;
+    let offset = _mm256_set1_epi8(i8::MIN);
     for (b, e) in scratch.iter_mut().enumerate() {
-        for pair in (r / 2..).take(n.div_ceil(2)) {
-            // See [`super::PREFETCH_BYTES`].
-            let at = w.qs[pair * nb + b].as_ptr();
-            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(super::PREFETCH_BYTES).cast());
-        }
-        for k in 0..4 {
-            if k < n {
-                let i = (r + k) * nb + b;
-                let q = w.quants(r + k, b);
-                // SAFETY: a 32-byte unaligned load of one block's quants.
-                e.w[k] = unsafe { _mm256_loadu_si256(q.as_ptr().cast()) };
-                e.s[k] = half::f16::from_bits(w.d[i]).to_f32();
-            } else {
-                e.w[k] = _mm256_setzero_si256();
-                e.s[k] = 0.0;
+        for h in 0..2 {
+            let (a, c) = (2 * h, 2 * h + 1);
+            if a >= n {
+                e.w[a] = _mm256_setzero_si256();
+                e.w[c] = _mm256_setzero_si256();
+                continue;
             }
+            let pair = &w.qs[(r / 2 + h) * nb + b];
+            let at = pair.as_ptr();
+            // See [`super::PREFETCH_BYTES`] and [`super::FAR_PREFETCH_BYTES`].
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(super::PREFETCH_BYTES).cast());
+            _mm_prefetch::<_MM_HINT_T2>(at.wrapping_byte_add(super::FAR_PREFETCH_BYTES).cast());
+            // SAFETY: two 32-byte unaligned loads of the pair's 64 bytes.
+            let (lo, hi) = unsafe {
+                (_mm256_loadu_si256(at.cast()), _mm256_loadu_si256(at.wrapping_add(32).cast()))
+            };
+            e.w[a] = _mm256_xor_si256(_mm256_permute2x128_si256::<0x20>(lo, hi), offset);
+            e.w[c] = if c < n {
+                _mm256_xor_si256(_mm256_permute2x128_si256::<0x31>(lo, hi), offset)
+            } else {
+                _mm256_setzero_si256()
+            };
+        }
+        for (k, s) in e.s.iter_mut().enumerate() {
+            *s = if k < n { half::f16::from_bits(w.d[(r + k) * nb + b]).to_f32() } else { 0.0 };
         }
     }
 }

@@ -31,7 +31,9 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{ActBlock, PREFETCH_BYTES, Q8Rows, Q41Rows, QK, QuantActs, Source, hsum8};
+use super::{
+    ActBlock, FAR_PREFETCH_BYTES, PREFETCH_BYTES, Q8Rows, Q41Rows, QK, QuantActs, Source, hsum8,
+};
 
 /// Four weight rows' block `b`, ready for the dot products: offset quants of the two row
 /// pairs and their scales in the matching lanes.
@@ -62,19 +64,6 @@ const GROUP: usize = 4;
 
 /// Blocks per parameter chunk.
 const CHUNK: usize = 16;
-
-/// How far ahead every Q8_0 weight read ([`streamed`]) also asks for weights into L2
-/// (`prefetcht2`), on top of the L1 prefetch [`PREFETCH_BYTES`] ahead. In a batched
-/// decode step the weights come from memory or a shared L3 while the kernel is busy
-/// with four rows' arithmetic, and the L1 prefetch alone left the loads waiting: with
-/// this one the 4-stream step went 16.4-17.2 -> 14.3-14.6 ms (1 thread, alternating A/B
-/// in place, 3 pairs; 16 KiB ahead gave 14.8-15.8 ms). The microbenchmark, whose matrix
-/// sits in L3, does not move. The one-row decode loop had only the L1 prefetch at
-/// first: on an AMD EPYC (Zen 4) machine it decoded a single stream at 58-60 tokens/s
-/// (1 thread; 8 GB/s of weights, samples on the weight loads), with this one at 113-129
-/// (alternating A/B, 3 pairs; 16 or 64 KiB ahead measured alike, in the 4-stream step
-/// too).
-const FAR_PREFETCH_BYTES: usize = 8 * PREFETCH_BYTES;
 
 /// Lanes of row `b` in a pair accumulator.
 const B_LANES: __mmask16 = 0xF0F0;

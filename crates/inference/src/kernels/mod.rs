@@ -28,7 +28,8 @@
 //! the activation-side offset trick `sum (w + 128) x - 128 sum x` keeps every sum
 //! exact), AVX2 + FMA (candle's sign trick with `vpmaddubsw`), and a portable scalar
 //! path (the same arithmetic, slow; the engine materialises Q8_0 for candle's kernels
-//! instead on such CPUs). [`level`] picks once per process.
+//! instead on such CPUs). [`level`] picks once per process (the environment variable
+//! `SWITCHYARD_KERNELS=avx2|portable` asks for a lower level, to measure one).
 //!
 //! **Layout of a call.** [`matmul_q8`]/[`matmul_q41`] compute output columns
 //! `rows.start..rows.end` for every activation row: weight rows are taken four at a
@@ -49,8 +50,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
-/// Which kernels this CPU runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which kernels this CPU runs (ordered: a CPU that runs one level runs those below).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Level {
     /// Scalar code (and candle's own kernels for the formats it has).
     Portable,
@@ -70,6 +71,19 @@ pub(crate) const QK: usize = 32;
 /// a software prefetch and at 13-24 GB/s with one 2-16 KiB ahead (any distance in that
 /// range; measured with a throw-away timing loop over `matmul_q8`, best of 8).
 const PREFETCH_BYTES: usize = 4096;
+
+/// How far ahead every Q8_0 weight read also asks for weights into L2
+/// (`prefetcht2`), on top of the L1 prefetch [`PREFETCH_BYTES`] ahead. In a batched
+/// decode step the weights come from memory or a shared L3 while the kernel is busy
+/// with four rows' arithmetic, and the L1 prefetch alone left the loads waiting: with
+/// this one the 4-stream step went 16.4-17.2 -> 14.3-14.6 ms (1 thread, alternating A/B
+/// in place, 3 pairs; 16 KiB ahead gave 14.8-15.8 ms). The microbenchmark, whose matrix
+/// sits in L3, does not move. The one-row decode loop had only the L1 prefetch at
+/// first: on an AMD EPYC (Zen 4) machine it decoded a single stream at 58-60 tokens/s
+/// (1 thread; 8 GB/s of weights, samples on the weight loads), with this one at 113-129
+/// (alternating A/B, 3 pairs; 16 or 64 KiB ahead measured alike, in the 4-stream step
+/// too).
+const FAR_PREFETCH_BYTES: usize = 8 * PREFETCH_BYTES;
 
 /// Set in a stored Q4_1 scale (whose sign bit is otherwise clear) when the block's
 /// table must be computed the exact way: the AVX-512 kernel's short form
@@ -234,10 +248,36 @@ pub(crate) struct Q41Rows {
 /// The offset-binary bias of stored Q8_0 quants: byte `q ^ 0x80` is `q + 128`.
 const OFFSET: u8 = 0x80;
 
-/// The best kernel level of this CPU (detected once).
+/// The kernel level this process runs (decided once): the best this CPU has, or a
+/// lower one named by `SWITCHYARD_KERNELS` (`avx2` or `portable`), to measure or rule
+/// out a kernel on a machine that has a better one.
 pub(crate) fn level() -> Level {
     static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
-    *LEVEL.get_or_init(detect)
+    *LEVEL.get_or_init(|| {
+        let best = detect();
+        let asked = std::env::var("SWITCHYARD_KERNELS").ok();
+        match asked.as_deref().map(parse_level) {
+            None => best,
+            Some(Some(asked)) => asked.min(best),
+            Some(None) => {
+                tracing::warn!(
+                    value = asked.as_deref().unwrap_or_default(),
+                    "SWITCHYARD_KERNELS is not one of avx512, avx2, portable; using the best level"
+                );
+                best
+            }
+        }
+    })
+}
+
+/// A level by the name `SWITCHYARD_KERNELS` takes.
+fn parse_level(name: &str) -> Option<Level> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "avx512" => Some(Level::Avx512),
+        "avx2" => Some(Level::Avx2),
+        "portable" => Some(Level::Portable),
+        _ => None,
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1271,6 +1311,17 @@ mod tests {
         check_q41(8, 4, 2, 6, 0.01, -0.03);
         check_q41(8, 4, 2, 7, 1e-4, 0.0);
         check_q41(8, 4, 2, 8, 300.0, 100.0);
+    }
+
+    #[test]
+    fn kernel_levels_are_named_and_ordered() {
+        assert_eq!(parse_level("AVX2 "), Some(Level::Avx2));
+        assert_eq!(parse_level("portable"), Some(Level::Portable));
+        assert_eq!(parse_level("avx512"), Some(Level::Avx512));
+        assert_eq!(parse_level("sse4"), None);
+        // A level asked for never exceeds what the CPU has.
+        assert_eq!(Level::Avx512.min(Level::Avx2), Level::Avx2);
+        assert!(Level::Portable < Level::Avx2 && Level::Avx2 < Level::Avx512);
     }
 
     #[test]
