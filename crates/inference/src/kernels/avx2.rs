@@ -39,6 +39,22 @@ pub(super) unsafe fn matmul(w: Source<'_>, rows: Range<usize>, x: &QuantActs, ou
             && x.d.len() >= m * nb,
         "kernel shapes"
     );
+    if let (Source::Q8(q), 1) = (w, m) {
+        // Decode: the weights go from memory straight into the dot products.
+        let mut r = rows.start;
+        while r < rows.end {
+            let n = (rows.end - r).min(4);
+            let acc = decode_q8(q, r, n, x);
+            for (k, a) in acc.iter().enumerate().take(n) {
+                let mut lanes = [0f32; 8];
+                // SAFETY: `lanes` holds 8 floats.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
+                out[r - rows.start + k] = hsum8(&lanes);
+            }
+            r += 4;
+        }
+        return;
+    }
     let zero = Expanded { w: [_mm256_setzero_si256(); 4], s: [0.0; 4] };
     let mut scratch = vec![zero; nb];
     let mut r = rows.start;
@@ -95,6 +111,64 @@ fn dot<const G: usize>(
             out[k * m + i0 + g] = hsum8(&lanes);
         }
     }
+}
+
+/// One activation row against Q8_0 rows `r..r + n` (n <= 4, r even): [`dot`]'s
+/// arithmetic per row and block (the same scale products `d_w * d_x`, the same FMA
+/// order, so the same bits) with each stored row pair split as in [`expand_q8`] and
+/// used at once instead of going through the scratch.
+#[allow(clippy::needless_range_loop, reason = "`j` indexes every row's scales")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn decode_q8(w: &super::Q8Rows, r: usize, n: usize, x: &QuantActs) -> [__m256; 4] {
+    let nb = w.nb;
+    let ones = _mm256_set1_epi16(1);
+    let offset = _mm256_set1_epi8(i8::MIN);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    // `sc[k][j]`: row `k`'s scale times the activation's for block `b0 + j`.
+    let mut sc = [[0f32; 8]; 4];
+    for b0 in (0..nb).step_by(8) {
+        let len = (nb - b0).min(8);
+        let mut xd = [0f32; 8];
+        xd[..len].copy_from_slice(&x.d[b0..b0 + len]);
+        for (k, sk) in sc.iter_mut().enumerate().take(n) {
+            let mut d = [0u16; 8];
+            d[..len].copy_from_slice(&w.d[(r + k) * nb + b0..][..len]);
+            // SAFETY: 16 bytes of `d`, 32 of `xd` and of `sk`.
+            unsafe {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().cast()));
+                _mm256_storeu_ps(sk.as_mut_ptr(), _mm256_mul_ps(v, _mm256_loadu_ps(xd.as_ptr())));
+            }
+        }
+        for j in 0..len {
+            let b = b0 + j;
+            // SAFETY: `ActBlock` is 64-byte aligned; its quants are an aligned 32-byte load.
+            let y = unsafe { _mm256_load_si256(x.blocks[b].qs.as_ptr().cast()) };
+            for h in 0..n.div_ceil(2) {
+                let at = w.qs[(r / 2 + h) * nb + b].as_ptr();
+                // See [`super::PREFETCH_BYTES`] and [`super::FAR_PREFETCH_BYTES`].
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(super::PREFETCH_BYTES).cast());
+                _mm_prefetch::<_MM_HINT_T2>(at.wrapping_byte_add(super::FAR_PREFETCH_BYTES).cast());
+                // SAFETY: two 32-byte unaligned loads of the pair's 64 bytes.
+                let (lo, hi) = unsafe {
+                    (_mm256_loadu_si256(at.cast()), _mm256_loadu_si256(at.wrapping_add(32).cast()))
+                };
+                let rows = [
+                    _mm256_xor_si256(_mm256_permute2x128_si256::<0x20>(lo, hi), offset),
+                    _mm256_xor_si256(_mm256_permute2x128_si256::<0x31>(lo, hi), offset),
+                ];
+                for (t, wv) in rows.into_iter().enumerate() {
+                    let k = 2 * h + t;
+                    if k < n {
+                        let dot =
+                            _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(y, wv));
+                        let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
+                        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(sc[k][j]), q, acc[k]);
+                    }
+                }
+            }
+        }
+    }
+    acc
 }
 
 /// Q8_0 rows `r..r + n` (n <= 4, r even) into the scratch as signed quants: each
