@@ -6,6 +6,11 @@
 # Env:   REPEATS (default 3)   THREADS (default "1 2")   PROMPT_TOKENS / DECODE_TOKENS (128)
 #        SWITCHYARD_LLAMACPP_VENV  where llama-cpp-python is installed (default: the user
 #        cache dir, outside the repo; building llama.cpp from source takes minutes once)
+#        LLAMACPP_CMAKE_ARGS  llama.cpp's build flags when the venv is first built
+#        (default "-DGGML_NATIVE=ON -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF"). To compare the
+#        AVX2 paths on an AVX-512 machine: SWITCHYARD_KERNELS=avx2, and a venv of its own
+#        built with "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+#        -DGGML_AVX512=OFF -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF"
 # Prints one RESULT line per measurement and a median table with ratios, then Switchyard's
 # continuous-batching figures (BATCH lines: 1 vs 4 concurrent streams, see
 # crates/inference/benches/engine.rs) as medians.
@@ -30,7 +35,7 @@ if ! "$venv/bin/python" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version_
     log "installing llama-cpp-python==$LLAMACPP_VERSION into $venv (builds llama.cpp from source)"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --disable-pip-version-check --quiet numpy
-    CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF" \
+    CMAKE_ARGS="${LLAMACPP_CMAKE_ARGS:--DGGML_NATIVE=ON -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF}" \
         "$venv/bin/pip" install --disable-pip-version-check --no-cache-dir \
         "llama-cpp-python==$LLAMACPP_VERSION" >&2
 fi
@@ -50,8 +55,9 @@ for rep in $(seq 1 "$REPEATS"); do
     done
 done
 
-printf '\n%s UTC, %s x %s, load average %s\n' "$(date -u '+%Y-%m-%d %H:%M')" "$(nproc)" \
-    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$(cut -d' ' -f1-3 /proc/loadavg)"
+printf '\n%s UTC, %s x %s, load average %s%s\n' "$(date -u '+%Y-%m-%d %H:%M')" "$(nproc)" \
+    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$(cut -d' ' -f1-3 /proc/loadavg)" \
+    "${SWITCHYARD_KERNELS:+, SWITCHYARD_KERNELS=$SWITCHYARD_KERNELS}"
 python3 - "$results" <<'PY'
 import statistics, sys
 rows = {}
