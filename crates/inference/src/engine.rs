@@ -318,6 +318,7 @@ impl Engine {
             arch = %info.architecture,
             threads,
             weights = %info.weight_types,
+            kernels = kernel_name(settings.fast_kernels),
             load_ms = load_time.as_millis(),
             "local model loaded"
         );
@@ -669,8 +670,16 @@ impl Shared {
     }
 }
 
-/// The scheduler loop: admit, then step every active sequence once, until the engine
-/// is dropped and nothing is left to do.
+/// Which matrix kernels a load with `fast_kernels` runs: ours at the CPU's level, or
+/// candle's (asked for, or no SIMD level of ours on this CPU).
+fn kernel_name(fast_kernels: bool) -> &'static str {
+    match crate::kernels::level() {
+        crate::kernels::Level::Portable => "candle",
+        level if fast_kernels => level.name(),
+        _ => "candle",
+    }
+}
+
 /// `pool.install(f)` with the pool's other workers kept looking for work until `f`
 /// returns, so the ~150 parallel regions of a decode step find them awake instead of
 /// each waking a parked thread. Idle, they yield the CPU to anything else runnable.
@@ -704,6 +713,8 @@ fn install_awake<R: Send>(pool: &rayon::ThreadPool, f: impl FnOnce() -> R + Send
     })
 }
 
+/// The scheduler loop: admit, then step every active sequence once, until the engine
+/// is dropped and nothing is left to do.
 fn scheduler(shared: &Shared, pool: &rayon::ThreadPool, inbox: &std_mpsc::Receiver<Command>) {
     let max_active = shared.settings.max_concurrent.max(1);
     let batch = shared.settings.batch_size.max(1);

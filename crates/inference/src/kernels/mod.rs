@@ -270,6 +270,17 @@ pub(crate) fn level() -> Level {
     })
 }
 
+impl Level {
+    /// The level's name, as `SWITCHYARD_KERNELS` takes it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Level::Avx512 => "avx512",
+            Level::Avx2 => "avx2",
+            Level::Portable => "portable",
+        }
+    }
+}
+
 /// A level by the name `SWITCHYARD_KERNELS` takes.
 fn parse_level(name: &str) -> Option<Level> {
     match name.trim().to_ascii_lowercase().as_str() {
@@ -1319,6 +1330,9 @@ mod tests {
         assert_eq!(parse_level("portable"), Some(Level::Portable));
         assert_eq!(parse_level("avx512"), Some(Level::Avx512));
         assert_eq!(parse_level("sse4"), None);
+        for l in [Level::Portable, Level::Avx2, Level::Avx512] {
+            assert_eq!(parse_level(l.name()), Some(l));
+        }
         // A level asked for never exceeds what the CPU has.
         assert_eq!(Level::Avx512.min(Level::Avx2), Level::Avx2);
         assert!(Level::Portable < Level::Avx2 && Level::Avx2 < Level::Avx512);
