@@ -173,9 +173,14 @@ impl Drop for L2Inner {
 async fn connect(inner: Weak<L2Inner>, client: redis::Client, timeout: Duration) {
     let mut delay = Duration::from_millis(100);
     loop {
+        // The response timeout also bounds the handshake when connecting: with the
+        // lookup timeout (50 ms by default) a busy machine (the embedded model on every
+        // core) could fail every attempt. Lookups and stores keep their own
+        // `cache.redis.timeout` (`tokio::time::timeout` around each), so the manager's
+        // only needs to be generous.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(timeout.max(Duration::from_millis(1)))
+            .set_response_timeout(CONNECT_TIMEOUT.max(timeout))
             .set_number_of_retries(1)
             .set_max_delay(1000);
         let attempt = tokio::time::timeout(
