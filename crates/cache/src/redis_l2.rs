@@ -174,10 +174,10 @@ async fn connect(inner: Weak<L2Inner>, client: redis::Client, timeout: Duration)
     let mut delay = Duration::from_millis(100);
     loop {
         // The response timeout also bounds the handshake when connecting: with the
-        // lookup timeout (50 ms by default) a busy machine (the embedded model on every
-        // core) could fail every attempt. Lookups and stores keep their own
-        // `cache.redis.timeout` (`tokio::time::timeout` around each), so the manager's
-        // only needs to be generous.
+        // lookup timeout (`cache.redis.timeout`, 250 ms by default, 100 ms in the tests)
+        // a busy machine (the embedded model on every core) could fail every attempt.
+        // Lookups and stores keep that timeout of their own (`tokio::time::timeout`
+        // around each), so the manager's only needs to be generous.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(CONNECT_TIMEOUT.max(timeout))

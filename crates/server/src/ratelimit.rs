@@ -421,9 +421,11 @@ impl RedisLimiter {
 async fn connect(inner: Weak<RedisInner>, client: redis::Client, timeout: Duration) {
     let mut delay = Duration::from_millis(100);
     loop {
+        // As in the cache's Redis tier: the response timeout also bounds the handshake,
+        // and each limit check keeps `rate_limit.redis.timeout` of its own.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(timeout.max(Duration::from_millis(1)))
+            .set_response_timeout(CONNECT_TIMEOUT.max(timeout))
             .set_number_of_retries(1)
             .set_max_delay(1000);
         let attempt = tokio::time::timeout(
