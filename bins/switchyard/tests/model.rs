@@ -16,20 +16,12 @@ mod common;
 const MODEL: &str = switchyard_inference::DEFAULT_MODEL_ID;
 use common::BIN;
 
-/// The default model, or `None` (with a note) when it is absent and the run allows it.
+/// The default model, or `None` when the run says it has none (see `model_or_skip`).
 fn model_path() -> Option<PathBuf> {
-    let path = switchyard_inference::default_model_path();
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("SWITCHYARD_SKIP_MODEL").is_some(),
-        "the default model is not at {}: run `{}` (scripts/test.sh does), or set SWITCHYARD_SKIP_MODEL=1",
-        path.display(),
-        switchyard_inference::FETCH_COMMAND
-    );
-    eprintln!("skipping: no model at {}", path.display());
-    None
+    switchyard_test_support::model_or_skip(
+        switchyard_inference::default_model_path(),
+        switchyard_inference::FETCH_COMMAND,
+    )
 }
 
 async fn start(

@@ -15,21 +15,12 @@ use switchyard_inference::{
     SamplingParams, default_model_path,
 };
 
-/// The default model; `None` (with a note) only when it is absent and the run says
-/// `SWITCHYARD_SKIP_MODEL=1`, a failure otherwise (the README's test command fetches it).
+/// The default model, or `None` when the run says it has none (see `model_or_skip`).
 fn model() -> Option<PathBuf> {
-    let path = default_model_path();
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("SWITCHYARD_SKIP_MODEL").is_some(),
-        "the default model is not at {}: run `{}` (scripts/test.sh does), or set SWITCHYARD_SKIP_MODEL=1",
-        path.display(),
-        switchyard_inference::FETCH_COMMAND
-    );
-    eprintln!("note: {} is absent; skipped because SWITCHYARD_SKIP_MODEL is set", path.display());
-    None
+    switchyard_test_support::model_or_skip(
+        default_model_path(),
+        switchyard_inference::FETCH_COMMAND,
+    )
 }
 
 /// One backend for the tests that share it.

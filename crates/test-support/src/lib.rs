@@ -19,6 +19,7 @@
 //!   byte-compared with what the mock produced.
 //! - [`strategies`]: proptest strategies for arbitrary OpenAI chat requests and SSE
 //!   streams and their chunkings.
+//! - [`model_or_skip`]: the policy for tests that need the real default model.
 //!
 //! It does not use the router's own wire types to build responses: the shapes are
 //! written from the providers' API references, so a bug in `switchyard-core`'s types
@@ -58,12 +59,14 @@ pub mod strategies;
 mod anthropic;
 mod error;
 mod gemini;
+mod model;
 mod openai;
 mod render;
 mod script;
 mod server;
 
 pub use error::{Error, Result};
+pub use model::model_or_skip;
 pub use render::Rendered;
 pub use script::{DEFAULT_CREATED, DEFAULT_MODEL, Ending, Flavor, Script, ms};
 pub use server::{MockStats, MockUpstream, RecordedRequest};
