@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{ActBlock, QuantActs, Source, dot_finish, hsum8};
+use super::{ActBlock, QK, QuantActs, Source, dot_finish, hsum8};
 
 /// Four weight rows' block `b`: signed quants and scales.
 #[derive(Clone, Copy)]
@@ -115,14 +115,13 @@ fn dot<const G: usize>(
 
 /// One activation row against Q8_0 rows `r..r + n` (n <= 4, r even): [`dot`]'s
 /// arithmetic per row and block (the same scale products `d_w * d_x`, the same FMA
-/// order, so the same bits) with each stored row pair split as in [`expand_q8`] and
-/// used at once instead of going through the scratch.
+/// order, so the same bits) with each stored row pair split ([`split_pair`]) and used
+/// at once instead of going through the scratch.
 #[allow(clippy::needless_range_loop, reason = "`j` indexes every row's scales")]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn decode_q8(w: &super::Q8Rows, r: usize, n: usize, x: &QuantActs) -> [__m256; 4] {
     let nb = w.nb;
     let ones = _mm256_set1_epi16(1);
-    let offset = _mm256_set1_epi8(i8::MIN);
     let mut acc = [_mm256_setzero_ps(); 4];
     // `sc[k][j]`: row `k`'s scale times the activation's for block `b0 + j`.
     let mut sc = [[0f32; 8]; 4];
@@ -144,18 +143,7 @@ fn decode_q8(w: &super::Q8Rows, r: usize, n: usize, x: &QuantActs) -> [__m256; 4
             // SAFETY: `ActBlock` is 64-byte aligned; its quants are an aligned 32-byte load.
             let y = unsafe { _mm256_load_si256(x.blocks[b].qs.as_ptr().cast()) };
             for h in 0..n.div_ceil(2) {
-                let at = w.qs[(r / 2 + h) * nb + b].as_ptr();
-                // See [`super::PREFETCH_BYTES`] and [`super::FAR_PREFETCH_BYTES`].
-                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(super::PREFETCH_BYTES).cast());
-                _mm_prefetch::<_MM_HINT_T2>(at.wrapping_byte_add(super::FAR_PREFETCH_BYTES).cast());
-                // SAFETY: two 32-byte unaligned loads of the pair's 64 bytes.
-                let (lo, hi) = unsafe {
-                    (_mm256_loadu_si256(at.cast()), _mm256_loadu_si256(at.wrapping_add(32).cast()))
-                };
-                let rows = [
-                    _mm256_xor_si256(_mm256_permute2x128_si256::<0x20>(lo, hi), offset),
-                    _mm256_xor_si256(_mm256_permute2x128_si256::<0x31>(lo, hi), offset),
-                ];
+                let rows = split_pair(&w.qs[(r / 2 + h) * nb + b]);
                 for (t, wv) in rows.into_iter().enumerate() {
                     let k = 2 * h + t;
                     if k < n {
@@ -171,36 +159,42 @@ fn decode_q8(w: &super::Q8Rows, r: usize, n: usize, x: &QuantActs) -> [__m256; 4
     acc
 }
 
-/// Q8_0 rows `r..r + n` (n <= 4, r even) into the scratch as signed quants: each
-/// stored row pair (`[a lo, b lo]`, `[a hi, b hi]` in offset binary) is two 32-byte
-/// loads, two lane permutes and two XORs.
+/// One stored row pair's block (`[a lo, b lo]`, `[a hi, b hi]` in offset binary) as
+/// the two rows' signed quants: two 32-byte loads, two lane permutes and two XORs,
+/// asking for the weights ahead into L1 and L2 as the AVX-512 loads do (pairs are read
+/// in storage order; see [`super::PREFETCH_BYTES`] and [`super::FAR_PREFETCH_BYTES`]).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn split_pair(block: &[u8; 2 * QK]) -> [__m256i; 2] {
+    let at = block.as_ptr();
+    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(super::PREFETCH_BYTES).cast());
+    _mm_prefetch::<_MM_HINT_T2>(at.wrapping_byte_add(super::FAR_PREFETCH_BYTES).cast());
+    // SAFETY: two 32-byte unaligned loads of the block's 64 bytes.
+    let (lo, hi) =
+        unsafe { (_mm256_loadu_si256(at.cast()), _mm256_loadu_si256(at.wrapping_add(32).cast())) };
+    let offset = _mm256_set1_epi8(i8::MIN);
+    [
+        _mm256_xor_si256(_mm256_permute2x128_si256::<0x20>(lo, hi), offset),
+        _mm256_xor_si256(_mm256_permute2x128_si256::<0x31>(lo, hi), offset),
+    ]
+}
+
+/// Q8_0 rows `r..r + n` (n <= 4, r even) into the scratch as signed quants (rows past
+/// `n` as zeros).
 #[target_feature(enable = "avx2,fma,f16c")]
 fn expand_q8(w: &super::Q8Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
     let nb = w.nb;
-    let offset = _mm256_set1_epi8(i8::MIN);
     for (b, e) in scratch.iter_mut().enumerate() {
         for h in 0..2 {
-            let (a, c) = (2 * h, 2 * h + 1);
-            if a >= n {
-                e.w[a] = _mm256_setzero_si256();
-                e.w[c] = _mm256_setzero_si256();
-                continue;
-            }
-            let pair = &w.qs[(r / 2 + h) * nb + b];
-            let at = pair.as_ptr();
-            // See [`super::PREFETCH_BYTES`] and [`super::FAR_PREFETCH_BYTES`].
-            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(super::PREFETCH_BYTES).cast());
-            _mm_prefetch::<_MM_HINT_T2>(at.wrapping_byte_add(super::FAR_PREFETCH_BYTES).cast());
-            // SAFETY: two 32-byte unaligned loads of the pair's 64 bytes.
-            let (lo, hi) = unsafe {
-                (_mm256_loadu_si256(at.cast()), _mm256_loadu_si256(at.wrapping_add(32).cast()))
-            };
-            e.w[a] = _mm256_xor_si256(_mm256_permute2x128_si256::<0x20>(lo, hi), offset);
-            e.w[c] = if c < n {
-                _mm256_xor_si256(_mm256_permute2x128_si256::<0x31>(lo, hi), offset)
+            let rows = if 2 * h < n {
+                split_pair(&w.qs[(r / 2 + h) * nb + b])
             } else {
-                _mm256_setzero_si256()
+                [_mm256_setzero_si256(); 2]
             };
+            for (t, row) in rows.into_iter().enumerate() {
+                let k = 2 * h + t;
+                e.w[k] = if k < n { row } else { _mm256_setzero_si256() };
+            }
         }
         for (k, s) in e.s.iter_mut().enumerate() {
             *s = if k < n { half::f16::from_bits(w.d[(r + k) * nb + b]).to_f32() } else { 0.0 };

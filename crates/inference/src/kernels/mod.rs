@@ -205,9 +205,9 @@ fn pack_in_batches(weights: &mut [&mut Q8Rows], batch: usize) {
         return;
     };
     let empty = Arc::new(empty);
-    let mut at = Vec::with_capacity(weights.len());
+    let mut lens = Vec::with_capacity(weights.len());
     let mut rest = map.as_chunks_mut::<{ 2 * QK }>().0;
-    let (mut i, mut next) = (0, 0);
+    let mut i = 0;
     while i < weights.len() {
         let (mut j, mut bytes, mut pieces) = (i, 0, Vec::new());
         while j < weights.len() && (j == i || bytes < batch) {
@@ -220,16 +220,16 @@ fn pack_in_batches(weights: &mut [&mut Q8Rows], batch: usize) {
         }
         pieces.into_par_iter().for_each(|(dst, src)| dst.copy_from_slice(src));
         for w in &mut weights[i..j] {
-            let len = w.qs.len();
+            lens.push(w.qs.len());
             w.qs = Quants { map: Arc::clone(&empty), start: 0, len: 0 };
-            at.push((next, len));
-            next += len;
         }
         i = j;
     }
     let map = Arc::new(map);
-    for (w, (start, len)) in weights.iter_mut().zip(at) {
+    let mut start = 0;
+    for (w, len) in weights.iter_mut().zip(lens) {
         w.qs = Quants { map: Arc::clone(&map), start, len };
+        start += len;
     }
 }
 
@@ -255,13 +255,12 @@ pub(crate) fn level() -> Level {
     static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
         let best = detect();
-        let asked = std::env::var("SWITCHYARD_KERNELS").ok();
-        match asked.as_deref().map(parse_level) {
-            None => best,
-            Some(Some(asked)) => asked.min(best),
-            Some(None) => {
+        let Ok(asked) = std::env::var("SWITCHYARD_KERNELS") else { return best };
+        match parse_level(&asked) {
+            Some(level) => level.min(best),
+            None => {
                 tracing::warn!(
-                    value = asked.as_deref().unwrap_or_default(),
+                    value = asked,
                     "SWITCHYARD_KERNELS is not one of avx512, avx2, portable; using the best level"
                 );
                 best
@@ -281,14 +280,12 @@ impl Level {
     }
 }
 
-/// A level by the name `SWITCHYARD_KERNELS` takes.
+/// A level by the name `SWITCHYARD_KERNELS` takes ([`Level::name`], any case).
 fn parse_level(name: &str) -> Option<Level> {
-    match name.trim().to_ascii_lowercase().as_str() {
-        "avx512" => Some(Level::Avx512),
-        "avx2" => Some(Level::Avx2),
-        "portable" => Some(Level::Portable),
-        _ => None,
-    }
+    let name = name.trim();
+    [Level::Avx512, Level::Avx2, Level::Portable]
+        .into_iter()
+        .find(|level| level.name().eq_ignore_ascii_case(name))
 }
 
 #[cfg(target_arch = "x86_64")]
