@@ -3,8 +3,9 @@
 use switchyard_core::{Classify, ErrorCode};
 
 /// Errors of this crate. Cache *operations* never fail a request: lookups miss and
-/// stores are skipped instead. Only building a key from a bad body and a bad Redis
-/// configuration are errors.
+/// stores are skipped instead. Only building a key from a bad body, a bad Redis
+/// configuration and a failed connection attempt (for the callers' retry loops) are
+/// errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -14,6 +15,10 @@ pub enum Error {
     /// `cache.redis.url` cannot be used.
     #[error("invalid cache.redis.url: {0}")]
     RedisUrl(String),
+    /// A connection attempt to Redis failed or timed out (logged and retried; a
+    /// request never sees it).
+    #[error("cannot connect to redis: {0}")]
+    RedisConnect(String),
     /// Something that spawns tasks was created outside a tokio runtime.
     #[error("the cache must be created inside a tokio runtime")]
     NoRuntime,
@@ -26,7 +31,7 @@ impl Classify for Error {
     fn code(&self) -> ErrorCode {
         match self {
             Error::InvalidBody(_) => ErrorCode::InvalidRequest,
-            Error::RedisUrl(_) | Error::NoRuntime => ErrorCode::Internal,
+            Error::RedisUrl(_) | Error::RedisConnect(_) | Error::NoRuntime => ErrorCode::Internal,
         }
     }
 }

@@ -112,7 +112,7 @@ pub use flight::{BodyKind, JoinRole, SingleFlight, Subscription};
 pub use key::{CacheKey, IGNORED_FIELDS};
 pub use models::{BackendModels, ModelCache, ModelCacheStats};
 pub use policy::{CACHE_HEADER, CacheDecision, DedupPolicy, ResponseCachePolicy};
-pub use redis_l2::RedisL2;
+pub use redis_l2::{RedisL2, connect_redis};
 pub use response::{CacheStats, CachedResponse, ResponseCache, StreamRecorder};
 pub use settings::{CacheSettings, DedupMode, DedupSettings, RedisSettings, ResponseCacheSettings};
 

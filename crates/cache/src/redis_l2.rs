@@ -168,35 +168,43 @@ impl Drop for L2Inner {
     }
 }
 
+/// One attempt at a Redis connection as Switchyard's Redis users make it (this tier
+/// and the server's rate limits): a [`ConnectionManager`] that reconnects by itself
+/// once made, or the error, within twice the 1 s connect timeout.
+///
+/// The manager's response timeout also bounds the handshake, so it is the connect
+/// timeout (or `timeout` if longer), not the callers' per-operation timeout
+/// (`cache.redis.timeout`, 250 ms by default): with that, a busy machine (the embedded
+/// model on every core) could fail every attempt. Callers bound each operation
+/// themselves (`tokio::time::timeout` around it).
+pub async fn connect_redis(client: &redis::Client, timeout: Duration) -> Result<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_response_timeout(CONNECT_TIMEOUT.max(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(1000);
+    let attempt = ConnectionManager::new_with_config(client.clone(), config);
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, attempt).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(error)) => Err(Error::RedisConnect(error.to_string())),
+        Err(_) => Err(Error::RedisConnect("timed out".to_owned())),
+    }
+}
+
 /// Connect in the background, retrying with backoff until it works or the handle is
 /// dropped. Once connected, the manager reconnects by itself.
 async fn connect(inner: Weak<L2Inner>, client: redis::Client, timeout: Duration) {
     let mut delay = Duration::from_millis(100);
     loop {
-        // The response timeout also bounds the handshake when connecting: with the
-        // lookup timeout (`cache.redis.timeout`, 250 ms by default, 100 ms in the tests)
-        // a busy machine (the embedded model on every core) could fail every attempt.
-        // Lookups and stores keep that timeout of their own (`tokio::time::timeout`
-        // around each), so the manager's only needs to be generous.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(CONNECT_TIMEOUT.max(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(1000);
-        let attempt = tokio::time::timeout(
-            CONNECT_TIMEOUT * 2,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await;
+        let attempt = connect_redis(&client, timeout).await;
         let Some(handle) = inner.upgrade() else { return };
         match attempt {
-            Ok(Ok(conn)) => {
+            Ok(conn) => {
                 let _ = handle.conn.set(conn);
                 tracing::debug!("connected to redis");
                 return;
             }
-            Ok(Err(error)) => tracing::debug!(error = %error, "redis connect failed; retrying"),
-            Err(_) => tracing::debug!("redis connect timed out; retrying"),
+            Err(error) => tracing::debug!(%error, "retrying"),
         }
         handle.error("redis", "connect");
         drop(handle);

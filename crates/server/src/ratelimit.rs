@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use switchyard_config::{Cidr, RateLimitConfig, RateLimitRule};
 use tokio::time::Instant;
 
@@ -421,20 +421,9 @@ impl RedisLimiter {
 async fn connect(inner: Weak<RedisInner>, client: redis::Client, timeout: Duration) {
     let mut delay = Duration::from_millis(100);
     loop {
-        // As in the cache's Redis tier: the response timeout also bounds the handshake,
-        // and each limit check keeps `rate_limit.redis.timeout` of its own.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(CONNECT_TIMEOUT.max(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(1000);
-        let attempt = tokio::time::timeout(
-            CONNECT_TIMEOUT * 2,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await;
+        let attempt = switchyard_cache::connect_redis(&client, timeout).await;
         let Some(handle) = inner.upgrade() else { return };
-        if let Ok(Ok(mut conn)) = attempt {
+        if let Ok(mut conn) = attempt {
             let mut command = redis::cmd("SCRIPT");
             command.arg("LOAD").arg(SCRIPT);
             let load = command.query_async::<String>(&mut conn);
