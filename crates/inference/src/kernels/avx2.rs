@@ -120,7 +120,7 @@ fn dot<const G: usize>(
 #[allow(clippy::needless_range_loop, reason = "`j` indexes every row's scales")]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn decode_q8(w: &super::Q8Rows, r: usize, n: usize, x: &QuantActs) -> [__m256; 4] {
-    let nb = w.nb;
+    let (nb, qs) = (w.nb, &*w.qs);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); 4];
     // `sc[k][j]`: row `k`'s scale times the activation's for block `b0 + j`.
@@ -143,7 +143,7 @@ fn decode_q8(w: &super::Q8Rows, r: usize, n: usize, x: &QuantActs) -> [__m256; 4
             // SAFETY: `ActBlock` is 64-byte aligned; its quants are an aligned 32-byte load.
             let y = unsafe { _mm256_load_si256(x.blocks[b].qs.as_ptr().cast()) };
             for h in 0..n.div_ceil(2) {
-                let rows = split_pair(&w.qs[(r / 2 + h) * nb + b]);
+                let rows = split_pair(&qs[(r / 2 + h) * nb + b]);
                 for (t, wv) in rows.into_iter().enumerate() {
                     let k = 2 * h + t;
                     if k < n {
@@ -183,11 +183,11 @@ fn split_pair(block: &[u8; 2 * QK]) -> [__m256i; 2] {
 /// `n` as zeros).
 #[target_feature(enable = "avx2,fma,f16c")]
 fn expand_q8(w: &super::Q8Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
-    let nb = w.nb;
+    let (nb, qs) = (w.nb, &*w.qs);
     for (b, e) in scratch.iter_mut().enumerate() {
         for h in 0..2 {
             let rows = if 2 * h < n {
-                split_pair(&w.qs[(r / 2 + h) * nb + b])
+                split_pair(&qs[(r / 2 + h) * nb + b])
             } else {
                 [_mm256_setzero_si256(); 2]
             };

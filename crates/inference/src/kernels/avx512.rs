@@ -387,13 +387,6 @@ fn dot<const G: usize>(
     }
 }
 
-/// Offset quants of Q8_0 row pair `pair`, block `b`.
-#[inline]
-#[target_feature(enable = "avx512f,avx2")]
-fn q8_pair(w: &Q8Rows, pair: usize, b: usize) -> __m512i {
-    streamed(&w.qs[pair * w.nb + b])
-}
-
 /// Load one row pair's block of stored Q8_0 quants, asking for the weights ahead of it
 /// into L1 and L2. Pairs are stored one after another and every kernel walks them in
 /// order, so those are the bytes it reads next; see [`PREFETCH_BYTES`] and
@@ -443,7 +436,7 @@ fn decode_q8(
     x: &QuantActs,
     sc: &mut [[f32; 64]; 4],
 ) -> [__m512; 2] {
-    let nb = w.nb;
+    let (nb, qs) = (w.nb, &*w.qs);
     let pairs = n.div_ceil(2);
     let mut acc = [_mm512_setzero_ps(); 2];
     for b0 in (0..nb).step_by(CHUNK) {
@@ -454,7 +447,7 @@ fn decode_q8(
         for (j, blk) in x.blocks[b0..b0 + len].iter().enumerate() {
             let (y, nc) = act(blk);
             for h in 0..pairs {
-                let wq = q8_pair(w, r / 2 + h, b0 + j);
+                let wq = streamed(&qs[(r / 2 + h) * nb + b0 + j]);
                 let s = pair_scale(&sc[2 * h], &sc[2 * h + 1], j);
                 let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wq, y));
                 acc[h] = _mm512_fmadd_ps(s, q, acc[h]);
@@ -468,7 +461,7 @@ fn decode_q8(
 /// scratch.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 fn expand_q8(w: &Q8Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
-    let nb = w.nb;
+    let (nb, qs) = (w.nb, &*w.qs);
     let pairs = n.div_ceil(2);
     let mut sc = [[0f32; 64]; 4];
     for b0 in (0..nb).step_by(CHUNK) {
@@ -479,7 +472,7 @@ fn expand_q8(w: &Q8Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
         for (j, e) in scratch[b0..b0 + len].iter_mut().enumerate() {
             for h in 0..2 {
                 e.w[h] = if h < pairs {
-                    q8_pair(w, r / 2 + h, b0 + j)
+                    streamed(&qs[(r / 2 + h) * nb + b0 + j])
                 } else {
                     _mm512_set1_epi8(i8::MIN)
                 };
