@@ -910,6 +910,69 @@ mod tests {
         }
     }
 
+    /// Greedy answers of llama.cpp (llama-cpp-python 0.3.36, the GGUF's own Q4_1
+    /// weights, its chat template, 16 tokens) on a fixed prompt set.
+    const LLAMA_CPP_ANSWERS: &[(&str, &str)] = &[
+        (
+            "Write one sentence about trains.",
+            "The iconic train is a symbol of human ingenuity and the relentless pursuit of speed and",
+        ),
+        ("List three colors.", "1. Red: The most popular color among the 11 colors of the"),
+        (
+            "Why is the sky blue?",
+            "The answer to this question lies in the intricate dance of light and color. The",
+        ),
+    ];
+
+    /// How far below this model's best logit llama.cpp's token may be. Comparing greedy
+    /// texts is not a test of numerics: these prompts have near-ties (top two logits
+    /// 0.04-0.24 apart at some step), and with activations requantised to Q8_0 before
+    /// every product a change in the last bit of one sum moves the logits by up to
+    /// ~0.4 (summing candle's eight lanes in reverse order did; so did the change to
+    /// exact block sums), enough to swap such a pair and send the rest of the answer
+    /// elsewhere. An error in the arithmetic puts the reference tokens far below.
+    const NEAR_TIE: f32 = 1.0;
+
+    /// Feeds llama.cpp's answers token by token (teacher forcing) through the real
+    /// model in each of its forms, checking at every step that llama.cpp's token is
+    /// this model's choice or within [`NEAR_TIE`] of it.
+    #[test]
+    fn llama_cpps_greedy_answers_are_greedy_here_up_to_near_ties() {
+        let Some(path) = switchyard_test_support::model_or_skip(
+            crate::default_model_path(),
+            crate::FETCH_COMMAND,
+        ) else {
+            return;
+        };
+        let engine = crate::Engine::load(&crate::InferenceSettings::for_model(&path)).unwrap();
+        let file = crate::gguf::GgufFile::open(&path).unwrap();
+        let forms = [
+            ("Q8_0 requantised", Formats { requantize: true, fast: true, compact_q4_1: false }),
+            ("Q4_1 kept 4-bit", Formats { requantize: true, fast: true, compact_q4_1: true }),
+            ("Q4_1 on candle", Formats { requantize: false, fast: true, compact_q4_1: false }),
+        ];
+        for (form, formats) in forms {
+            let model = Model::load(&file, formats).unwrap();
+            for (prompt, answer) in LLAMA_CPP_ANSWERS {
+                let turn = crate::ChatTurn { role: "user".into(), content: (*prompt).into() };
+                let tokens = engine.prompt_tokens(&crate::Input::Chat(vec![turn])).unwrap();
+                let answer = engine.tokenizer().encode(answer, false).unwrap();
+                assert_eq!(answer.len(), 16, "{prompt:?}");
+                let mut cache = model.new_cache();
+                let mut logits = model.forward(&tokens, &mut cache, true).unwrap();
+                for (n, &t) in answer.iter().enumerate() {
+                    let best = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let got = logits[t as usize];
+                    assert!(
+                        got >= best - NEAR_TIE,
+                        "{form}, {prompt:?}: llama.cpp's token {n} ({t}) has logit {got}, the best {best}"
+                    );
+                    logits = model.forward(&[t], &mut cache, true).unwrap();
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_batch_with_an_empty_segment_is_an_error() {
         let model = tiny(Arch::Llama, 3, true);

@@ -1,6 +1,9 @@
-//! AVX2 + FMA kernels: candle's own instruction sequence (sign trick, `vpmaddubsw`,
-//! `vpmaddwd`, one FMA per block), with each weight block decoded once for several
-//! activation rows and four weight rows in flight.
+//! AVX2 + FMA kernels over weight panels (see [`super::Q8Rows`]): a 256-bit register
+//! holds four quants of eight weight rows (half a panel step); candle's sign trick
+//! (`vpsignb`, `vpmaddubsw`) and `vpmaddwd` add their products with four activation
+//! quants broadcast into one `i32` per row, exactly, and eight steps give each row's
+//! block sum. Then the AVX-512 kernels' multiply and FMA per block: the same bits.
+//! Q4_1 weights are requantised to Q8_0 a panel at a time into a scratch first.
 //!
 //! Unsafe code: `#[target_feature]` functions may only be called where the CPU has the
 //! features (`super::level` checks them once; the entry point is `unsafe` for that), and
@@ -11,18 +14,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{ActBlock, QK, QuantActs, Source, dot_finish, hsum8};
-
-/// Four weight rows' block `b`: signed quants and scales.
-#[derive(Clone, Copy)]
-#[repr(C, align(32))]
-struct Expanded {
-    w: [__m256i; 4],
-    s: [f32; 4],
-}
-
-/// Activation rows per inner loop (16 accumulators would spill: AVX2 has 16 registers).
-const GROUP: usize = 2;
+use super::{PANEL, PanelBuf, Panels, Q41Rows, QK, QuantActs, Source, dot_finish};
 
 /// See [`super::matmul_q8`].
 ///
@@ -33,191 +25,139 @@ pub(super) unsafe fn matmul(w: Source<'_>, rows: Range<usize>, x: &QuantActs, ou
     let (m, nb) = (x.m, x.nb);
     assert!(
         w.nb() == nb
+            && rows.start.is_multiple_of(PANEL)
             && rows.end <= w.rows()
             && out.len() >= rows.len() * m
             && x.blocks.len() >= m * nb
             && x.d.len() >= m * nb,
         "kernel shapes"
     );
-    if let (Source::Q8(q), 1) = (w, m) {
-        // Decode: the weights go from memory straight into the dot products.
-        let mut r = rows.start;
-        while r < rows.end {
-            let n = (rows.end - r).min(4);
-            let acc = decode_q8(q, r, n, x);
-            for (k, a) in acc.iter().enumerate().take(n) {
-                let mut lanes = [0f32; 8];
-                // SAFETY: `lanes` holds 8 floats.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
-                out[r - rows.start + k] = hsum8(&lanes);
+    let (p0, p1) = (rows.start / PANEL, rows.end.div_ceil(PANEL));
+    match w {
+        Source::Q8(q) => panels(q.panels(), p0..p1, rows.len(), x, out),
+        Source::Q41(q) => {
+            let mut buf = PanelBuf::new(nb, 1);
+            for p in p0..p1 {
+                requantise(q, p, &mut buf);
+                let done = (p - p0) * PANEL;
+                panels(buf.panels(), 0..1, rows.len() - done, x, &mut out[done * m..]);
             }
-            r += 4;
         }
-        return;
     }
-    let zero = Expanded { w: [_mm256_setzero_si256(); 4], s: [0.0; 4] };
-    let mut scratch = vec![zero; nb];
-    let mut r = rows.start;
-    while r < rows.end {
-        let n = (rows.end - r).min(4);
-        match w {
-            Source::Q8(q) => expand_q8(q, r, n, &mut scratch),
-            Source::Q41(q) => expand_q41(q, r, n, &mut scratch),
-        }
-        let col = r - rows.start;
+}
+
+/// Panels `panels` of `w` against every activation row, two rows at a time (more
+/// would spill: AVX2 has 16 registers): `out[r * m + i]` for output rows `r < n`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn panels(w: Panels<'_>, panels: Range<usize>, n: usize, x: &QuantActs, out: &mut [f32]) {
+    let m = x.m;
+    for p in panels.clone() {
+        let r0 = (p - panels.start) * PANEL;
         let mut i = 0;
-        while i + GROUP <= m {
-            dot::<GROUP>(&scratch, x, i, &mut out[col * m..], n, m);
-            i += GROUP;
-        }
-        if m > i {
-            dot::<1>(&scratch, x, i, &mut out[col * m..], n, m);
-        }
-        r += 4;
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot<const G: usize>(
-    scratch: &[Expanded],
-    x: &QuantActs,
-    i0: usize,
-    out: &mut [f32],
-    n: usize,
-    m: usize,
-) {
-    let nb = scratch.len();
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_ps(); 4]; G];
-    let xb: [&[ActBlock]; G] = std::array::from_fn(|g| &x.blocks[(i0 + g) * nb..][..nb]);
-    let xd: [&[f32]; G] = std::array::from_fn(|g| &x.d[(i0 + g) * nb..][..nb]);
-    for (b, e) in scratch.iter().enumerate() {
-        for g in 0..G {
-            // SAFETY: `ActBlock` is 64-byte aligned; its quants are an aligned 32-byte load.
-            let y = unsafe { _mm256_load_si256(xb[g][b].qs.as_ptr().cast()) };
-            let dy = xd[g][b];
-            for ((a, &w), &s) in acc[g].iter_mut().zip(&e.w).zip(&e.s) {
-                let dot = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w));
-                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
-                *a = _mm256_fmadd_ps(_mm256_set1_ps(s * dy), q, *a);
+        while i + 2 <= m {
+            for (k, acc) in dot::<2>(w, p, x, i).iter().enumerate() {
+                store(acc, out, r0, n, m, i + k);
             }
+            i += 2;
         }
-    }
-    for (g, rows) in acc.iter().enumerate() {
-        for (k, a) in rows.iter().enumerate().take(n) {
-            let mut lanes = [0f32; 8];
-            // SAFETY: `lanes` holds 8 floats.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
-            out[k * m + i0 + g] = hsum8(&lanes);
+        if i < m {
+            store(&dot::<1>(w, p, x, i)[0], out, r0, n, m, i);
         }
     }
 }
 
-/// One activation row against Q8_0 rows `r..r + n` (n <= 4, r even): [`dot`]'s
-/// arithmetic per row and block (the same scale products `d_w * d_x`, the same FMA
-/// order, so the same bits) with each stored row pair split ([`split_pair`]) and used
-/// at once instead of going through the scratch.
-#[allow(clippy::needless_range_loop, reason = "`j` indexes every row's scales")]
+/// `M` activation rows from `i0` against panel `p` (its two halves of eight rows).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn decode_q8(w: &super::Q8Rows, r: usize, n: usize, x: &QuantActs) -> [__m256; 4] {
-    let (nb, qs) = (w.nb, &*w.qs);
+fn dot<const M: usize>(w: Panels<'_>, p: usize, x: &QuantActs, i0: usize) -> [[__m256; 2]; M] {
+    let nb = w.nb;
+    let xb: [&[super::ActBlock]; M] = std::array::from_fn(|i| &x.blocks[(i0 + i) * nb..][..nb]);
+    let xd: [&[f32]; M] = std::array::from_fn(|i| &x.d[(i0 + i) * nb..][..nb]);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    // `sc[k][j]`: row `k`'s scale times the activation's for block `b0 + j`.
-    let mut sc = [[0f32; 8]; 4];
-    for b0 in (0..nb).step_by(8) {
-        let len = (nb - b0).min(8);
-        let mut xd = [0f32; 8];
-        xd[..len].copy_from_slice(&x.d[b0..b0 + len]);
-        for (k, sk) in sc.iter_mut().enumerate().take(n) {
-            let mut d = [0u16; 8];
-            d[..len].copy_from_slice(&w.d[(r + k) * nb + b0..][..len]);
-            // SAFETY: 16 bytes of `d`, 32 of `xd` and of `sk`.
-            unsafe {
-                let v = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().cast()));
-                _mm256_storeu_ps(sk.as_mut_ptr(), _mm256_mul_ps(v, _mm256_loadu_ps(xd.as_ptr())));
-            }
-        }
-        for j in 0..len {
-            let b = b0 + j;
-            // SAFETY: `ActBlock` is 64-byte aligned; its quants are an aligned 32-byte load.
-            let y = unsafe { _mm256_load_si256(x.blocks[b].qs.as_ptr().cast()) };
-            for h in 0..n.div_ceil(2) {
-                let rows = split_pair(&qs[(r / 2 + h) * nb + b]);
-                for (t, wv) in rows.into_iter().enumerate() {
-                    let k = 2 * h + t;
-                    if k < n {
-                        let dot =
-                            _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(y, wv));
-                        let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
-                        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(sc[k][j]), q, acc[k]);
-                    }
+    let mut acc = [[_mm256_setzero_ps(); 2]; M];
+    for b in 0..nb {
+        let wq = w.quants(p, b);
+        let mut sum = [[_mm256_setzero_si256(); 2]; M];
+        for (s, step) in wq.iter().enumerate() {
+            let wv = signed(step);
+            let wabs = wv.map(|v| _mm256_sign_epi8(v, v));
+            for i in 0..M {
+                let a = _mm256_set1_epi32(xb[i][b].word(s));
+                for h in 0..2 {
+                    let pairs = _mm256_maddubs_epi16(wabs[h], _mm256_sign_epi8(a, wv[h]));
+                    sum[i][h] = _mm256_add_epi32(sum[i][h], _mm256_madd_epi16(pairs, ones));
                 }
+            }
+        }
+        let d = w.scales(p, b);
+        // SAFETY: two 16-byte loads of the 16 f16 scales.
+        let dw = unsafe {
+            [
+                _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().cast())),
+                _mm256_cvtph_ps(_mm_loadu_si128(d[8..].as_ptr().cast())),
+            ]
+        };
+        for i in 0..M {
+            let dx = _mm256_set1_ps(xd[i][b]);
+            for h in 0..2 {
+                let q = _mm256_cvtepi32_ps(sum[i][h]);
+                acc[i][h] = _mm256_fmadd_ps(_mm256_mul_ps(dw[h], dx), q, acc[i][h]);
             }
         }
     }
     acc
 }
 
-/// One stored row pair's block (`[a lo, b lo]`, `[a hi, b hi]` in offset binary) as
-/// the two rows' signed quants: two 32-byte loads, two lane permutes and two XORs,
-/// asking for the weights ahead into L1 and L2 as the AVX-512 loads do (pairs are read
-/// in storage order; see [`super::PREFETCH_BYTES`] and [`super::FAR_PREFETCH_BYTES`]).
+/// One panel step as signed quants (rows 0-7, rows 8-15), asking for the weights ahead
+/// into L1 and L2 as the AVX-512 loads do (steps are read in storage order; see
+/// [`super::PREFETCH_BYTES`] and [`super::FAR_PREFETCH_BYTES`]).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn split_pair(block: &[u8; 2 * QK]) -> [__m256i; 2] {
-    let at = block.as_ptr();
+fn signed(step: &[u8; 2 * QK]) -> [__m256i; 2] {
+    let at = step.as_ptr();
     _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(super::PREFETCH_BYTES).cast());
     _mm_prefetch::<_MM_HINT_T2>(at.wrapping_byte_add(super::FAR_PREFETCH_BYTES).cast());
-    // SAFETY: two 32-byte unaligned loads of the block's 64 bytes.
-    let (lo, hi) =
-        unsafe { (_mm256_loadu_si256(at.cast()), _mm256_loadu_si256(at.wrapping_add(32).cast())) };
     let offset = _mm256_set1_epi8(i8::MIN);
-    [
-        _mm256_xor_si256(_mm256_permute2x128_si256::<0x20>(lo, hi), offset),
-        _mm256_xor_si256(_mm256_permute2x128_si256::<0x31>(lo, hi), offset),
-    ]
-}
-
-/// Q8_0 rows `r..r + n` (n <= 4, r even) into the scratch as signed quants (rows past
-/// `n` as zeros).
-#[target_feature(enable = "avx2,fma,f16c")]
-fn expand_q8(w: &super::Q8Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
-    let (nb, qs) = (w.nb, &*w.qs);
-    for (b, e) in scratch.iter_mut().enumerate() {
-        for h in 0..2 {
-            let rows = if 2 * h < n {
-                split_pair(&qs[(r / 2 + h) * nb + b])
-            } else {
-                [_mm256_setzero_si256(); 2]
-            };
-            for (t, row) in rows.into_iter().enumerate() {
-                let k = 2 * h + t;
-                e.w[k] = if k < n { row } else { _mm256_setzero_si256() };
-            }
-        }
-        for (k, s) in e.s.iter_mut().enumerate() {
-            *s = if k < n { half::f16::from_bits(w.d[(r + k) * nb + b]).to_f32() } else { 0.0 };
-        }
+    // SAFETY: two 32-byte unaligned loads of the step's 64 bytes.
+    unsafe {
+        [
+            _mm256_xor_si256(_mm256_loadu_si256(at.cast()), offset),
+            _mm256_xor_si256(_mm256_loadu_si256(at.wrapping_add(32).cast()), offset),
+        ]
     }
 }
 
+/// Panel results (two halves) of activation row `i` into `out[r * m + i]` for the rows
+/// `r0..r0 + 16` below `n`.
+#[target_feature(enable = "avx2")]
+fn store(acc: &[__m256; 2], out: &mut [f32], r0: usize, n: usize, m: usize, i: usize) {
+    let mut lanes = [0f32; PANEL];
+    // SAFETY: `lanes` holds 16 floats.
+    unsafe {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+        _mm256_storeu_ps(lanes[8..].as_mut_ptr(), acc[1]);
+    }
+    for (k, v) in lanes.iter().enumerate().take(n.saturating_sub(r0)) {
+        out[(r0 + k) * m + i] = *v;
+    }
+}
+
+/// Requantise panel `p` of a Q4_1 matrix to Q8_0 into `buf`'s first slot.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn expand_q41(w: &super::Q41Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
+fn requantise(w: &Q41Rows, p: usize, buf: &mut PanelBuf) {
     let nb = w.nb;
+    let r0 = p * PANEL;
+    let n = (w.rows - r0).min(PANEL);
+    if n < PANEL {
+        buf.clear(0);
+    }
     let low = _mm256_set1_epi8(0x0F);
     let iota_lo = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
     let iota_hi = _mm256_setr_ps(8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);
     let sign = _mm256_set1_ps(-0.0);
     let rounding = _mm256_set1_ps(0.499_999_97);
-    for (b, e) in scratch.iter_mut().enumerate() {
-        for k in 0..4 {
-            if k >= n {
-                e.w[k] = _mm256_setzero_si256();
-                e.s[k] = 0.0;
-                continue;
-            }
-            let i = (r + k) * nb + b;
+    for k in 0..n {
+        for b in 0..nb {
+            let i = (r0 + k) * nb + b;
             let d = half::f16::from_bits(w.d[i] & !super::SLOW).to_f32();
             let m = half::f16::from_bits(w.m[i]).to_f32();
             let d8 = super::q41_amax(d, m) / 127.0;
@@ -234,13 +174,21 @@ fn expand_q41(w: &super::Q41Rows, r: usize, n: usize, scratch: &mut [Expanded]) 
             let table =
                 _mm_packs_epi16(_mm256_castsi256_si128(p16), _mm256_extracti128_si256::<1>(p16));
             // SAFETY: a 16-byte unaligned load of one block's nibbles.
-            let nib = unsafe { _mm_loadu_si128(w.nibbles(r + k, b).as_ptr().cast()) };
+            let nib = unsafe { _mm_loadu_si128(w.nibbles(r0 + k, b).as_ptr().cast()) };
             let idx = _mm256_and_si256(
                 _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(nib), _mm_srli_epi16(nib, 4)),
                 low,
             );
-            e.w[k] = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), idx);
-            e.s[k] = half::f16::from_f32(d8).to_f32();
+            let q = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), idx);
+            let mut bytes = [0u8; QK];
+            // SAFETY: `bytes` holds 32 bytes.
+            unsafe {
+                _mm256_storeu_si256(
+                    bytes.as_mut_ptr().cast(),
+                    _mm256_xor_si256(q, _mm256_set1_epi8(i8::MIN)),
+                );
+            };
+            buf.set(0, b, k, &bytes, half::f16::from_f32(d8).to_bits());
         }
     }
 }

@@ -1,26 +1,21 @@
-//! AVX-512 VNNI kernels: two weight rows per 512-bit register, one `vpdpbusd` per pair
-//! of (weight rows, activation row) blocks.
+//! AVX-512 VNNI kernels over weight panels (see [`super::Q8Rows`]): one 512-bit register
+//! holds four quants of 16 weight rows, `vpdpbusd` multiplies them with four activation
+//! quants broadcast to every lane, and eight such steps leave each row's exact integer
+//! block sum in its lane; then one multiply (`d_w * d_x`) and one FMA per block and 16
+//! rows.
 //!
-//! Q8_0 weights are stored in offset binary (`w + 128`, unsigned; see [`Q8Rows`]), and
-//! Q4_1 weights expanded to it, so `vpdpbusd` can multiply them with the signed
-//! activation quants; starting the sum at the
-//! activation block's `-128 * sum` (precomputed in [`ActBlock`]) makes each `i32` lane
-//! exactly the four-product sum of candle's `vpmaddubsw`/`vpmaddwd` pair. Rows are
-//! stored by pairs as `[a lo, b lo, a hi, b hi]` 16-byte quarters, and activations
-//! duplicated as `[lo, lo, hi, hi]`, so one load brings two rows and lanes `0..4, 8..12`
-//! of an accumulator are row `a`'s eight candle lanes, `4..8, 12..16` row `b`'s. The
-//! `f32` steps (convert, scale `d_w * d_x`, one FMA per block, candle's horizontal
-//! sum) run in candle's order per lane.
+//! Q8_0 weights are stored in offset binary (`w + 128`, unsigned), the operand
+//! `vpdpbusd` takes unsigned; the sum starts at the activation block's `-128 * sum`
+//! (precomputed in [`ActBlock`]), so it is exactly `sum w x`. With one activation row
+//! (decode) each step's two dependency chains per panel keep the multiply-adds busy;
+//! with several, each weight step is loaded once and used for up to four activation rows.
 //!
-//! Q4_1 blocks become their Q8_0 requantisation on the fly: per block a 16-entry `i32`
-//! table of the quant of each nibble value, `round_ties_even(n * (d / d8) + m / d8)`
-//! (checked at load against the exact `encode_q8_0(decode_block(..))`; the few blocks
-//! where it differs are marked and get the exact table from the scalar reference),
-//! then one `vpermt2b` looks the 64 nibbles of two rows up in their two tables.
-//!
-//! With one activation row (decode) the weights go straight from memory into the dot
-//! products; with several, each group of four weight rows is first expanded into an
-//! L1-resident scratch and then reused for every activation row.
+//! Q4_1 weights are requantised to Q8_0 two panels at a time into a scratch and then
+//! go through the same loops: per block a 16-entry `i32` table of the quant of each
+//! nibble value, `round_ties_even(n * (d / d8) + m / d8)` (checked at load against the
+//! exact `encode_q8_0(decode_block(..))`; the few blocks where it differs are marked and
+//! get the exact table from the scalar reference), then one `vpermt2b` looks the 64
+//! nibbles of two rows up in their two tables.
 //!
 //! Unsafe code: `#[target_feature]` functions may only be called where the CPU has the
 //! features (`super::level` checks them once; the entry point is `unsafe` for that), and
@@ -32,53 +27,31 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::{
-    ActBlock, FAR_PREFETCH_BYTES, PREFETCH_BYTES, Q8Rows, Q41Rows, QK, QuantActs, Source, hsum8,
+    ActBlock, FAR_PREFETCH_BYTES, PANEL, PREFETCH_BYTES, PanelBuf, Panels, Q41Rows, QK, QuantActs,
+    STEPS, Source,
 };
 
-/// Four weight rows' block `b`, ready for the dot products: offset quants of the two row
-/// pairs and their scales in the matching lanes.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Expanded {
-    w: [__m512i; 2],
-    s: [__m512; 2],
-}
-
-/// Per-block values of one Q4_1 weight row for 16 consecutive blocks, each stored four
-/// times (`[4 * j..4 * j + 4]`) so a 128-bit broadcast load spreads it over a register
-/// without a shuffle.
+/// Per-block values of one Q4_1 weight row for 16 consecutive blocks: the table's short
+/// form, each value stored four times (`[4 * j..4 * j + 4]`) so a 128-bit broadcast load
+/// spreads it over a register without a shuffle, and the Q8_0 scales.
 #[derive(Clone, Copy)]
 struct Params {
-    /// The Q8_0 scale (f16-rounded, widened), times the activation scale in the decode
-    /// path.
-    sc: [f32; 64],
     /// `d * id` and `m * id`: the short form of the table.
     a: [f32; 64],
     b: [f32; 64],
+    /// The requantised blocks' scales (f16 bits).
+    d16: [u16; 16],
     /// Blocks whose table needs the exact form (bit `j`).
     slow: u16,
 }
 
-/// Activation rows per inner loop of the scratch path.
-const GROUP: usize = 4;
-
 /// Blocks per parameter chunk.
 const CHUNK: usize = 16;
 
-/// Lanes of row `b` in a pair accumulator.
+/// Lanes of row `b` in the pair register [`q41_pair`] makes.
 const B_LANES: __mmask16 = 0xF0F0;
 
-const ZERO_PARAMS: Params = Params { sc: [0.0; 64], a: [0.0; 64], b: [0.0; 64], slow: 0 };
-
-/// Per-call working space of the Q4_1 row-group loops, set up once per [`matmul`] call
-/// rather than zeroed for every group of four rows. Entries of rows past the last
-/// (`k >= n`) keep stale values; they only feed lanes that are never stored.
-struct Work {
-    /// Q4_1 parameters of the four rows.
-    p: [Params; 4],
-    /// Q4_1 tables of the four rows.
-    tables: [[__m512i; 16]; 4],
-}
+const ZERO_PARAMS: Params = Params { a: [0.0; 64], b: [0.0; 64], d16: [0; 16], slow: 0 };
 
 /// See [`super::matmul_q8`].
 ///
@@ -89,406 +62,251 @@ pub(super) unsafe fn matmul(w: Source<'_>, rows: Range<usize>, x: &QuantActs, ou
     let (m, nb) = (x.m, x.nb);
     assert!(
         w.nb() == nb
-            && rows.start.is_multiple_of(2)
+            && rows.start.is_multiple_of(PANEL)
             && rows.end <= w.rows()
             && out.len() >= rows.len() * m
             && x.blocks.len() >= m * nb
             && x.d.len() >= m * nb,
         "kernel shapes"
     );
-    // Q4_1's working space (7 KiB) is set up only for Q4_1 weights, once per call.
-    let mut work: Option<Work> = None;
-    let mut new_work = || Work { p: [ZERO_PARAMS; 4], tables: [[_mm512_setzero_si512(); 16]; 4] };
-    let mut q8_sc = [[0f32; 64]; 4];
-    if m == 1 {
-        let mut r = rows.start;
-        while r < rows.end {
-            let n = (rows.end - r).min(4);
-            let acc = match w {
-                Source::Q8(q) => decode_q8(q, r, n, x, &mut q8_sc),
-                Source::Q41(q) => decode_q41(q, r, n, x, work.get_or_insert_with(&mut new_work)),
-            };
-            store(&acc, &mut out[r - rows.start..], n, 1, 0);
-            r += 4;
-        }
-        return;
-    }
-    if m <= GROUP {
-        // A few activation rows (a decode step of a few sequences): each weight block
-        // goes from memory straight into all of their dot products, no scratch.
-        let mut r = rows.start;
-        while r < rows.end {
-            let n = (rows.end - r).min(4);
-            let col = (r - rows.start) * m;
-            match (w, m) {
-                (Source::Q8(q), 2) => store_all(&fused_q8::<2>(q, r, n, x), &mut out[col..], n),
-                (Source::Q8(q), 3) => store_all(&fused_q8::<3>(q, r, n, x), &mut out[col..], n),
-                (Source::Q8(q), _) => store_all(&fused_q8::<4>(q, r, n, x), &mut out[col..], n),
-                (Source::Q41(q), m) => {
-                    let work = work.get_or_insert_with(&mut new_work);
-                    match m {
-                        2 => store_all(&fused_q41::<2>(q, r, n, x, work), &mut out[col..], n),
-                        3 => store_all(&fused_q41::<3>(q, r, n, x, work), &mut out[col..], n),
-                        _ => store_all(&fused_q41::<4>(q, r, n, x, work), &mut out[col..], n),
-                    }
+    let (p0, p1) = (rows.start / PANEL, rows.end.div_ceil(PANEL));
+    match w {
+        Source::Q8(q) => panels(q.panels(), p0..p1, rows.len(), x, out),
+        Source::Q41(q) => {
+            // Two panels at a time (the decode loop's width), requantised into a
+            // scratch that stays in L1/L2 for every activation row.
+            let mut buf = PanelBuf::new(nb, 2);
+            let mut p = p0;
+            while p < p1 {
+                let g = (p1 - p).min(2);
+                for slot in 0..g {
+                    requantise(q, p + slot, slot, &mut buf);
                 }
-            }
-            r += 4;
-        }
-        return;
-    }
-    let zero = Expanded { w: [_mm512_setzero_si512(); 2], s: [_mm512_setzero_ps(); 2] };
-    let mut scratch = vec![zero; nb];
-    let mut r = rows.start;
-    while r < rows.end {
-        let n = (rows.end - r).min(4);
-        match w {
-            Source::Q8(q) => expand_q8(q, r, n, &mut scratch),
-            Source::Q41(q) => expand_q41(q, r, n, &mut scratch),
-        }
-        let col = r - rows.start;
-        let mut i = 0;
-        while i + GROUP <= m {
-            dot::<GROUP>(&scratch, x, i, &mut out[col * m..], n, m);
-            i += GROUP;
-        }
-        match m - i {
-            1 => dot::<1>(&scratch, x, i, &mut out[col * m..], n, m),
-            2 => dot::<2>(&scratch, x, i, &mut out[col * m..], n, m),
-            3 => dot::<3>(&scratch, x, i, &mut out[col * m..], n, m),
-            _ => {}
-        }
-        r += 4;
-    }
-}
-
-/// Horizontal sums of two pair accumulators into `out[q * m + i]` for the `n` real rows.
-#[target_feature(enable = "avx512f,avx2")]
-fn store(acc: &[__m512; 2], out: &mut [f32], n: usize, m: usize, i: usize) {
-    for (h, a) in acc.iter().enumerate() {
-        let mut lanes = [0f32; 16];
-        // SAFETY: `lanes` holds 16 floats.
-        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
-        for half in 0..2 {
-            let q = 2 * h + half;
-            if q < n {
-                let at = 4 * half;
-                let l: [f32; 8] = std::array::from_fn(|t| lanes[at + t % 4 + 8 * (t / 4)]);
-                out[q * m + i] = hsum8(&l);
+                let done = (p - p0) * PANEL;
+                panels(buf.panels(), 0..g, rows.len() - done, x, &mut out[done * m..]);
+                p += g;
             }
         }
     }
 }
 
-/// [`store`] for each of `G` activation rows.
-#[target_feature(enable = "avx512f,avx2")]
-fn store_all<const G: usize>(acc: &[[__m512; 2]; G], out: &mut [f32], n: usize) {
-    for (g, pair) in acc.iter().enumerate() {
-        store(pair, out, n, G, g);
+/// Panels `panels` of `w` against every activation row: `out[r * m + i]` for output
+/// rows `r < n` (counted from the first panel's first row).
+///
+/// Where the weights come from memory (decode: one activation row, or the few of a
+/// batched step) the loops read one panel at a time: a second panel's stream read
+/// alongside made a single-stream decode ~10% slower and a 4-stream step ~12%
+/// (measured on the engine bench). With more rows (a prompt) the weights come from
+/// cache and two panels at a time save activation loads: prefill ~10% faster.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn panels(w: Panels<'_>, panels: Range<usize>, n: usize, x: &QuantActs, out: &mut [f32]) {
+    let mut p = panels.start;
+    while p < panels.end {
+        let r0 = (p - panels.start) * PANEL;
+        if x.m == 1 {
+            store(&[decode(w, p, x)], out, r0, n, 1, 0);
+            p += 1;
+        } else if x.m > 4 && p + 2 <= panels.end {
+            group::<2>(w, p, x, r0, n, out);
+            p += 2;
+        } else {
+            group::<1>(w, p, x, r0, n, out);
+            p += 1;
+        }
     }
 }
 
-/// `G` (2..=4) activation rows against weight rows `r..r + n` (n <= 4, r even): the
-/// decode loop with the weight block decoded once and dotted with every row. The
-/// per-block scale is `d_w * d_x` as in [`dot`], so results are bit-identical to the
-/// scratch path.
-#[allow(clippy::needless_range_loop, reason = "`j` indexes a row of `tables` and the scales")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn fused_q41<const G: usize>(
-    w: &Q41Rows,
-    r: usize,
-    n: usize,
+/// `G` panels from `p` against every activation row (two or more), four rows at a
+/// time.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn group<const G: usize>(
+    w: Panels<'_>,
+    p: usize,
     x: &QuantActs,
-    work: &mut Work,
-) -> [[__m512; 2]; G] {
-    let nb = w.nb;
-    let pairs = n.div_ceil(2);
-    let xb: [&[ActBlock]; G] = std::array::from_fn(|g| &x.blocks[g * nb..][..nb]);
-    let xd: [&[f32]; G] = std::array::from_fn(|g| &x.d[g * nb..][..nb]);
-    let mut acc = [[_mm512_setzero_ps(); 2]; G];
-    let Work { p, tables } = work;
-    for b0 in (0..nb).step_by(CHUNK) {
-        let len = (nb - b0).min(CHUNK);
-        for (k, pk) in p.iter_mut().enumerate().take(n) {
-            q41_params(w, r + k, b0, len, None, pk);
-            q41_tables(w, r + k, b0, len, pk, &mut tables[k]);
+    r0: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let m = x.m;
+    let mut i = 0;
+    while i + 4 <= m {
+        store_rows(&dot::<4, G>(w, p, x, i), out, r0, n, m, i);
+        i += 4;
+    }
+    match m - i {
+        1 => store_rows(&dot::<1, G>(w, p, x, i), out, r0, n, m, i),
+        2 => store_rows(&dot::<2, G>(w, p, x, i), out, r0, n, m, i),
+        3 => store_rows(&dot::<3, G>(w, p, x, i), out, r0, n, m, i),
+        _ => {}
+    }
+}
+
+/// One activation row against panel `p`: two chains of four steps (even and odd), so
+/// the multiply-adds of a block do not wait on each other.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn decode(w: Panels<'_>, p: usize, x: &QuantActs) -> __m512 {
+    let mut acc = _mm512_setzero_ps();
+    for (b, (blk, &dx)) in x.blocks[..w.nb].iter().zip(&x.d[..w.nb]).enumerate() {
+        let wq = w.quants(p, b);
+        let mut even = _mm512_set1_epi32(blk.neg_sum);
+        let mut odd = _mm512_setzero_si512();
+        for s in (0..STEPS).step_by(2) {
+            let (a0, a1) = (_mm512_set1_epi32(blk.word(s)), _mm512_set1_epi32(blk.word(s + 1)));
+            even = _mm512_dpbusd_epi32(even, streamed(&wq[s]), a0);
+            odd = _mm512_dpbusd_epi32(odd, streamed(&wq[s + 1]), a1);
         }
-        for j in 0..len {
-            let b = b0 + j;
-            for h in 0..pairs {
-                let (a, c) = (2 * h, 2 * h + 1);
-                let wq = q41_pair(w, r / 2 + h, b, tables[a][j], tables[c][j]);
-                let s = pair_scale(&p[a].sc, &p[c].sc, j);
-                for (accg, (xb, xd)) in acc.iter_mut().zip(xb.iter().zip(&xd)) {
-                    let (y, nc) = act(&xb[b]);
-                    let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wq, y));
-                    let sy = _mm512_mul_ps(s, _mm512_set1_ps(xd[b]));
-                    accg[h] = _mm512_fmadd_ps(sy, q, accg[h]);
-                }
-            }
-        }
+        let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(even, odd));
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(scales(w, p, b), _mm512_set1_ps(dx)), sum, acc);
     }
     acc
 }
 
-/// [`fused_q41`] for Q8_0 weights, written for the fewest instructions per block: the
-/// four rows' f16 scales of a chunk are widened once into plain `f32` arrays, a row
-/// pair's scale vector is one broadcast and one masked blend (both rows' scalars read
-/// straight from memory), and the block loop walks plain slices. Per block, row pair
-/// and activation row: a `vpdpbusd`, its conversion to `f32`, the scale
-/// product `d_w * d_x` and an FMA, as in [`fused_q41`], so results are bit-identical.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn fused_q8<const G: usize>(w: &Q8Rows, r: usize, n: usize, x: &QuantActs) -> [[__m512; 2]; G] {
-    if n > 2 { fused_q8_pairs::<G, 2>(w, r, n, x) } else { fused_q8_pairs::<G, 1>(w, r, n, x) }
-}
-
-/// [`fused_q8`] over `P` row pairs (`n <= 2 * P`).
-#[allow(clippy::needless_range_loop, reason = "`j` indexes every row's scales")]
+/// `M` activation rows from `i0` against panels `p..p + G`: each weight step is loaded
+/// once for all of them.
+#[allow(clippy::needless_range_loop, reason = "`s` indexes every panel's steps")]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn fused_q8_pairs<const G: usize, const P: usize>(
-    w: &Q8Rows,
-    r: usize,
-    n: usize,
-    x: &QuantActs,
-) -> [[__m512; 2]; G] {
-    let nb = w.nb;
-    let pairs = P;
-    let xb: [&[ActBlock]; G] = std::array::from_fn(|g| &x.blocks[g * nb..][..nb]);
-    let xd: [&[f32]; G] = std::array::from_fn(|g| &x.d[g * nb..][..nb]);
-    let wq: [&[[u8; 2 * QK]]; 2] =
-        std::array::from_fn(|h| if h < pairs { &w.qs[(r / 2 + h) * nb..][..nb] } else { &[] });
-    let mut acc = [[_mm512_setzero_ps(); 2]; G];
-    // Rows past `n` keep zero scales; their lanes are never stored.
-    let mut sc = [[0f32; CHUNK]; 4];
-    for b0 in (0..nb).step_by(CHUNK) {
-        let len = (nb - b0).min(CHUNK);
-        let k = lanes(len);
-        for (row, s) in sc.iter_mut().enumerate().take(n) {
-            let d = &w.d[(r + row) * nb + b0..][..len];
-            // SAFETY: a masked load of the `len` scales of `d`, a store of 16 floats
-            // into `s`.
-            unsafe {
-                let v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, d.as_ptr().cast()));
-                _mm512_storeu_ps(s.as_mut_ptr(), v);
-            }
-        }
-        for j in 0..len {
-            let b = b0 + j;
-            let mut wv = [_mm512_setzero_si512(); 2];
-            let mut sv = [_mm512_setzero_ps(); 2];
-            for h in 0..pairs {
-                wv[h] = streamed(&wq[h][b]);
-                sv[h] = _mm512_mask_blend_ps(
-                    B_LANES,
-                    _mm512_set1_ps(sc[2 * h][j]),
-                    _mm512_set1_ps(sc[2 * h + 1][j]),
-                );
-            }
-            for g in 0..G {
-                let (y, nc) = act(&xb[g][b]);
-                let dy = _mm512_set1_ps(xd[g][b]);
-                for h in 0..pairs {
-                    let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wv[h], y));
-                    acc[g][h] = _mm512_fmadd_ps(_mm512_mul_ps(sv[h], dy), q, acc[g][h]);
-                }
-            }
-        }
-    }
-    acc
-}
-
-/// Activation block quants and corrections in paired-row order.
-#[inline]
-#[target_feature(enable = "avx512f,avx2")]
-fn act(blk: &ActBlock) -> (__m512i, __m512i) {
-    // SAFETY: `ActBlock` is 64-byte aligned and `qs2`/`neg_corr2` sit at offsets 64 and
-    // 128: aligned 64-byte loads inside the block.
-    unsafe {
-        (
-            _mm512_load_si512(blk.qs2.as_ptr().cast()),
-            _mm512_load_si512(blk.neg_corr2.as_ptr().cast()),
-        )
-    }
-}
-
-/// Store the first `len` lanes of `v` four times each: lane `j` at
-/// `out[4 * j..4 * j + 4]`.
-#[inline]
-#[target_feature(enable = "avx512f,avx2")]
-fn replicate(v: __m512, out: &mut [f32; 64], len: usize) {
-    for q in 0..len.div_ceil(4).min(4) {
-        let base = i32::try_from(4 * q).unwrap_or(0);
-        let idx = _mm512_setr_epi32(
-            base,
-            base,
-            base,
-            base,
-            base + 1,
-            base + 1,
-            base + 1,
-            base + 1,
-            base + 2,
-            base + 2,
-            base + 2,
-            base + 2,
-            base + 3,
-            base + 3,
-            base + 3,
-            base + 3,
-        );
-        // SAFETY: 16 floats at `16 * q`, inside the 64.
-        unsafe { _mm512_storeu_ps(out[16 * q..].as_mut_ptr(), _mm512_permutexvar_ps(idx, v)) };
-    }
-}
-
-/// Entry `j` of a replicated array in every lane (a 128-bit broadcast load).
-#[inline]
-#[target_feature(enable = "avx512f,avx2")]
-fn bcast4(a: &[f32; 64], j: usize) -> __m512 {
-    let four = &a[4 * j..4 * j + 4];
-    // SAFETY: four floats.
-    _mm512_broadcast_f32x4(unsafe { _mm_loadu_ps(four.as_ptr()) })
-}
-
-/// Row `a`'s scale in its lanes, row `b`'s in its lanes.
-#[inline]
-#[target_feature(enable = "avx512f,avx2")]
-fn pair_scale(a: &[f32; 64], b: &[f32; 64], j: usize) -> __m512 {
-    _mm512_mask_blend_ps(B_LANES, bcast4(a, j), bcast4(b, j))
-}
-
-/// Dot products of four weight rows with activation rows `i0..i0 + G` from the scratch.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn dot<const G: usize>(
-    scratch: &[Expanded],
+fn dot<const M: usize, const G: usize>(
+    w: Panels<'_>,
+    p: usize,
     x: &QuantActs,
     i0: usize,
-    out: &mut [f32],
-    n: usize,
-    m: usize,
-) {
-    let nb = scratch.len();
-    let mut acc = [[_mm512_setzero_ps(); 2]; G];
-    let xb: [&[ActBlock]; G] = std::array::from_fn(|g| &x.blocks[(i0 + g) * nb..][..nb]);
-    let xd: [&[f32]; G] = std::array::from_fn(|g| &x.d[(i0 + g) * nb..][..nb]);
-    for (b, e) in scratch.iter().enumerate() {
-        for g in 0..G {
-            let (y, nc) = act(&xb[g][b]);
-            let dy = _mm512_set1_ps(xd[g][b]);
-            for ((a, w), s) in acc[g].iter_mut().zip(&e.w).zip(&e.s) {
-                let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, *w, y));
-                *a = _mm512_fmadd_ps(_mm512_mul_ps(*s, dy), q, *a);
+) -> [[__m512; G]; M] {
+    let nb = w.nb;
+    let xb: [&[ActBlock]; M] = std::array::from_fn(|i| &x.blocks[(i0 + i) * nb..][..nb]);
+    let xd: [&[f32]; M] = std::array::from_fn(|i| &x.d[(i0 + i) * nb..][..nb]);
+    let mut acc = [[_mm512_setzero_ps(); G]; M];
+    for b in 0..nb {
+        let wq: [&[[u8; 2 * QK]]; G] = std::array::from_fn(|g| w.quants(p + g, b));
+        let mut sum: [[__m512i; G]; M] =
+            std::array::from_fn(|i| [_mm512_set1_epi32(xb[i][b].neg_sum); G]);
+        for s in 0..STEPS {
+            let wv: [__m512i; G] = std::array::from_fn(|g| streamed(&wq[g][s]));
+            for i in 0..M {
+                let a = _mm512_set1_epi32(xb[i][b].word(s));
+                for g in 0..G {
+                    sum[i][g] = _mm512_dpbusd_epi32(sum[i][g], wv[g], a);
+                }
             }
         }
-    }
-    for (g, pair) in acc.iter().enumerate() {
-        store(pair, out, n, m, i0 + g);
-    }
-}
-
-/// Load one row pair's block of stored Q8_0 quants, asking for the weights ahead of it
-/// into L1 and L2. Pairs are stored one after another and every kernel walks them in
-/// order, so those are the bytes it reads next; see [`PREFETCH_BYTES`] and
-/// [`FAR_PREFETCH_BYTES`].
-#[inline]
-#[target_feature(enable = "avx512f,avx2")]
-fn streamed(block: &[u8; 2 * QK]) -> __m512i {
-    let at = block.as_ptr();
-    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(PREFETCH_BYTES).cast());
-    _mm_prefetch::<_MM_HINT_T2>(at.wrapping_byte_add(FAR_PREFETCH_BYTES).cast());
-    // SAFETY: a 64-byte unaligned load of the 64-byte block.
-    unsafe { _mm512_loadu_si512(at.cast()) }
-}
-
-/// A mask of the first `len` (<= 16) lanes.
-#[inline]
-fn lanes(len: usize) -> __mmask16 {
-    let len = u32::try_from(len.min(16)).unwrap_or(16);
-    u16::try_from((1u32 << len) - 1).unwrap_or(u16::MAX)
-}
-
-/// Widened f16 scales of blocks `b0..b0 + len` of Q8_0 row `r` (`len <= 16`), times
-/// the activation scales `xd` when given.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
-fn q8_scales(w: &Q8Rows, r: usize, b0: usize, len: usize, xd: Option<&[f32]>, sc: &mut [f32; 64]) {
-    let i = r * w.nb + b0;
-    let k = lanes(len);
-    let d = &w.d[i..i + len];
-    // SAFETY: masked loads touch only the `len` lanes the mask selects, all inside the
-    // slices.
-    let mut v = _mm512_cvtph_ps(unsafe { _mm256_maskz_loadu_epi16(k, d.as_ptr().cast()) });
-    if let Some(xd) = xd {
-        let xd = &xd[b0..b0 + len];
-        // SAFETY: as above.
-        v = _mm512_mul_ps(v, unsafe { _mm512_maskz_loadu_ps(k, xd.as_ptr()) });
-    }
-    replicate(v, sc, len);
-}
-
-/// One activation row against Q8_0 rows `r..r + n` (n <= 4, r even).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn decode_q8(
-    w: &Q8Rows,
-    r: usize,
-    n: usize,
-    x: &QuantActs,
-    sc: &mut [[f32; 64]; 4],
-) -> [__m512; 2] {
-    let (nb, qs) = (w.nb, &*w.qs);
-    let pairs = n.div_ceil(2);
-    let mut acc = [_mm512_setzero_ps(); 2];
-    for b0 in (0..nb).step_by(CHUNK) {
-        let len = (nb - b0).min(CHUNK);
-        for (k, sk) in sc.iter_mut().enumerate().take(n) {
-            q8_scales(w, r + k, b0, len, Some(&x.d), sk);
-        }
-        for (j, blk) in x.blocks[b0..b0 + len].iter().enumerate() {
-            let (y, nc) = act(blk);
-            for h in 0..pairs {
-                let wq = streamed(&qs[(r / 2 + h) * nb + b0 + j]);
-                let s = pair_scale(&sc[2 * h], &sc[2 * h + 1], j);
-                let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wq, y));
-                acc[h] = _mm512_fmadd_ps(s, q, acc[h]);
+        for g in 0..G {
+            let dw = scales(w, p + g, b);
+            for i in 0..M {
+                let s = _mm512_mul_ps(dw, _mm512_set1_ps(xd[i][b]));
+                acc[i][g] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(sum[i][g]), acc[i][g]);
             }
         }
     }
     acc
 }
 
-/// Q8_0 rows `r..r + n` (n <= 4, r even; missing rows are zero weights) into the
-/// scratch.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn expand_q8(w: &Q8Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
-    let (nb, qs) = (w.nb, &*w.qs);
-    let pairs = n.div_ceil(2);
-    let mut sc = [[0f32; 64]; 4];
-    for b0 in (0..nb).step_by(CHUNK) {
-        let len = (nb - b0).min(CHUNK);
-        for (k, s) in sc.iter_mut().enumerate().take(n) {
-            q8_scales(w, r + k, b0, len, None, s);
+/// The 16 scales of block `b` of panel `p`, widened.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,f16c")]
+fn scales(w: Panels<'_>, p: usize, b: usize) -> __m512 {
+    // SAFETY: a 32-byte load of the 16 f16 scales.
+    _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(w.scales(p, b).as_ptr().cast()) })
+}
+
+/// [`store`] for activation rows `i..i + M`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+fn store_rows<const M: usize, const G: usize>(
+    acc: &[[__m512; G]; M],
+    out: &mut [f32],
+    r0: usize,
+    n: usize,
+    m: usize,
+    i: usize,
+) {
+    for (k, a) in acc.iter().enumerate() {
+        store(a, out, r0, n, m, i + k);
+    }
+}
+
+/// Panel results of activation row `i` into `out[r * m + i]` for the rows
+/// `r0..r0 + 16 * G` below `n`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+fn store<const G: usize>(
+    acc: &[__m512; G],
+    out: &mut [f32],
+    r0: usize,
+    n: usize,
+    m: usize,
+    i: usize,
+) {
+    for (g, a) in acc.iter().enumerate() {
+        let r = r0 + g * PANEL;
+        if m == 1 && r + PANEL <= n {
+            let o = &mut out[r..r + PANEL];
+            // SAFETY: `o` holds 16 floats.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
+            continue;
         }
-        for (j, e) in scratch[b0..b0 + len].iter_mut().enumerate() {
-            for h in 0..2 {
-                e.w[h] = if h < pairs {
-                    streamed(&qs[(r / 2 + h) * nb + b0 + j])
-                } else {
-                    _mm512_set1_epi8(i8::MIN)
+        let mut lanes = [0f32; PANEL];
+        // SAFETY: `lanes` holds 16 floats.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
+        for (k, v) in lanes.iter().enumerate().take(n.saturating_sub(r)) {
+            out[(r + k) * m + i] = *v;
+        }
+    }
+}
+
+/// Requantise panel `p` of a Q4_1 matrix to Q8_0 into slot `slot` of `buf`.
+#[allow(clippy::needless_range_loop, reason = "`j` indexes both rows' tables and scales")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx2,fma,f16c")]
+fn requantise(w: &Q41Rows, p: usize, slot: usize, buf: &mut PanelBuf) {
+    let nb = w.nb;
+    let r0 = p * PANEL;
+    let n = (w.rows - r0).min(PANEL);
+    if n < PANEL {
+        buf.clear(slot);
+    }
+    // Dword `j` of a pair register holds row `a`'s words 0-3, row `b`'s 0-3, `a`'s 4-7,
+    // `b`'s 4-7: this order puts word `s` of both rows in quadword `s`.
+    let by_step = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+    let mut prm = [ZERO_PARAMS; 2];
+    let mut tables = [[_mm512_setzero_si512(); 16]; 2];
+    for h in 0..n.div_ceil(2) {
+        // An odd last row's partner: zero nibbles looked up in a zero table.
+        let rows = if 2 * h + 1 < n { 2 } else { 1 };
+        tables[1] = [_mm512_setzero_si512(); 16];
+        prm[1].d16 = [0; 16];
+        for b0 in (0..nb).step_by(CHUNK) {
+            let len = (nb - b0).min(CHUNK);
+            for k in 0..rows {
+                q41_params(w, r0 + 2 * h + k, b0, len, &mut prm[k]);
+                q41_tables(w, r0 + 2 * h + k, b0, len, &prm[k], &mut tables[k]);
+            }
+            for j in 0..len {
+                let b = b0 + j;
+                let v = q41_pair(w, r0 / 2 + h, b, tables[0][j], tables[1][j]);
+                let mut words = [0u64; STEPS];
+                // SAFETY: `words` holds 64 bytes.
+                unsafe {
+                    _mm512_storeu_si512(
+                        words.as_mut_ptr().cast(),
+                        _mm512_permutexvar_epi32(by_step, v),
+                    )
                 };
-                e.s[h] = pair_scale(&sc[2 * h], &sc[2 * h + 1], j);
+                for (e, word) in buf.quants_mut(slot, b).iter_mut().zip(words) {
+                    e[8 * h..8 * h + 8].copy_from_slice(&word.to_le_bytes());
+                }
+                buf.set_scale(slot, b, 2 * h, prm[0].d16[j]);
+                buf.set_scale(slot, b, 2 * h + 1, prm[1].d16[j]);
             }
         }
     }
 }
 
-/// The Q8_0 requantisation's parameters for blocks `b0..b0 + len` of Q4_1 row `r`:
-/// `d8 = amax / 127`, `id = 1 / d8` and the f16-rounded `d8` exactly as
-/// `quant::encode_q8_0` computes them, the short-form table coefficients, and the
-/// slow marks; the scale times the activation scales `xd` when given.
+/// Scales, short-form table values and slow marks of blocks `b0..b0 + len` of Q4_1
+/// row `r` (`len <= 16`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn q41_params(w: &Q41Rows, r: usize, b0: usize, len: usize, xd: Option<&[f32]>, p: &mut Params) {
+fn q41_params(w: &Q41Rows, r: usize, b0: usize, len: usize, p: &mut Params) {
     let i = r * w.nb + b0;
     let k = lanes(len);
     let (d, m) = (&w.d[i..i + len], &w.m[i..i + len]);
@@ -509,14 +327,9 @@ fn q41_params(w: &Q41Rows, r: usize, b0: usize, len: usize, xd: Option<&[f32]>, 
     let d8 = _mm512_div_ps(amax, _mm512_set1_ps(127.0));
     let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(d8, _mm512_setzero_ps());
     let id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0), d8);
-    let mut sc =
-        _mm512_cvtph_ps(_mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(d8));
-    if let Some(xd) = xd {
-        let xd = &xd[b0..b0 + len];
-        // SAFETY: a masked load of the `len` floats of `xd`.
-        sc = _mm512_mul_ps(sc, unsafe { _mm512_maskz_loadu_ps(k, xd.as_ptr()) });
-    }
-    replicate(sc, &mut p.sc, len);
+    let d16 = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(d8);
+    // SAFETY: a 32-byte store into the 16 scales.
+    unsafe { _mm256_storeu_si256(p.d16.as_mut_ptr().cast(), d16) };
     replicate(_mm512_mul_ps(dv, id), &mut p.a, len);
     replicate(_mm512_mul_ps(mv, id), &mut p.b, len);
 }
@@ -580,62 +393,67 @@ fn q41_pair(w: &Q41Rows, pair: usize, b: usize, ta: __m512i, tb: __m512i) -> __m
     _mm512_xor_si512(_mm512_permutex2var_epi8(ta, idx, tb), _mm512_set1_epi8(i8::MIN))
 }
 
-/// One activation row against Q4_1 rows `r..r + n` (n <= 4, r even).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn decode_q41(w: &Q41Rows, r: usize, n: usize, x: &QuantActs, work: &mut Work) -> [__m512; 2] {
-    let nb = w.nb;
-    let pairs = n.div_ceil(2);
-    let Work { p, tables } = work;
-    let mut acc = [_mm512_setzero_ps(); 2];
-    for b0 in (0..nb).step_by(CHUNK) {
-        let len = (nb - b0).min(CHUNK);
-        for k in 0..n {
-            q41_params(w, r + k, b0, len, Some(&x.d), &mut p[k]);
-            q41_tables(w, r + k, b0, len, &p[k], &mut tables[k]);
-        }
-        for (j, blk) in x.blocks[b0..b0 + len].iter().enumerate() {
-            let (y, nc) = act(blk);
-            for (h, acc) in acc.iter_mut().enumerate().take(pairs) {
-                let (a, c) = (2 * h, 2 * h + 1);
-                let wq = q41_pair(w, r / 2 + h, b0 + j, tables[a][j], tables[c][j]);
-                let s = pair_scale(&p[a].sc, &p[c].sc, j);
-                let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wq, y));
-                *acc = _mm512_fmadd_ps(s, q, *acc);
-            }
-        }
-    }
-    acc
-}
-
-/// Q4_1 rows `r..r + n` (n <= 4, r even; missing rows are zero weights) into the
-/// scratch.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn expand_q41(w: &Q41Rows, r: usize, n: usize, scratch: &mut [Expanded]) {
-    let nb = w.nb;
-    let pairs = n.div_ceil(2);
-    let mut p = [ZERO_PARAMS; 4];
-    let mut tables = [[_mm512_setzero_si512(); 16]; 4];
-    for b0 in (0..nb).step_by(CHUNK) {
-        let len = (nb - b0).min(CHUNK);
-        for k in 0..n {
-            q41_params(w, r + k, b0, len, None, &mut p[k]);
-            q41_tables(w, r + k, b0, len, &p[k], &mut tables[k]);
-        }
-        for (j, e) in scratch[b0..b0 + len].iter_mut().enumerate() {
-            for h in 0..2 {
-                let (a, c) = (2 * h, 2 * h + 1);
-                e.w[h] = if h < pairs {
-                    q41_pair(w, r / 2 + h, b0 + j, tables[a][j], tables[c][j])
-                } else {
-                    _mm512_set1_epi8(i8::MIN)
-                };
-                e.s[h] = pair_scale(&p[a].sc, &p[c].sc, j);
-            }
-        }
+/// Store the first `len` lanes of `v` four times each: lane `j` at
+/// `out[4 * j..4 * j + 4]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+fn replicate(v: __m512, out: &mut [f32; 64], len: usize) {
+    for q in 0..len.div_ceil(4).min(4) {
+        let base = i32::try_from(4 * q).unwrap_or(0);
+        let idx = _mm512_setr_epi32(
+            base,
+            base,
+            base,
+            base,
+            base + 1,
+            base + 1,
+            base + 1,
+            base + 1,
+            base + 2,
+            base + 2,
+            base + 2,
+            base + 2,
+            base + 3,
+            base + 3,
+            base + 3,
+            base + 3,
+        );
+        // SAFETY: 16 floats at `16 * q`, inside the 64.
+        unsafe { _mm512_storeu_ps(out[16 * q..].as_mut_ptr(), _mm512_permutexvar_ps(idx, v)) };
     }
 }
 
-const _: () = assert!(std::mem::size_of::<ActBlock>() == 192 && QK == 32);
+/// Entry `j` of a replicated array in every lane (a 128-bit broadcast load).
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+fn bcast4(a: &[f32; 64], j: usize) -> __m512 {
+    let four = &a[4 * j..4 * j + 4];
+    // SAFETY: four floats.
+    _mm512_broadcast_f32x4(unsafe { _mm_loadu_ps(four.as_ptr()) })
+}
+
+/// Load one 64-byte step of a weight panel, asking for the weights ahead of it into L1
+/// and L2. Every kernel walks a panel's steps in storage order, so those are the bytes
+/// it reads next; see [`PREFETCH_BYTES`] and
+/// [`FAR_PREFETCH_BYTES`].
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+fn streamed(block: &[u8; 2 * QK]) -> __m512i {
+    let at = block.as_ptr();
+    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_byte_add(PREFETCH_BYTES).cast());
+    _mm_prefetch::<_MM_HINT_T2>(at.wrapping_byte_add(FAR_PREFETCH_BYTES).cast());
+    // SAFETY: a 64-byte unaligned load of the 64-byte block.
+    unsafe { _mm512_loadu_si512(at.cast()) }
+}
+
+/// A mask of the first `len` (<= 16) lanes.
+#[inline]
+fn lanes(len: usize) -> __mmask16 {
+    let len = u32::try_from(len.min(16)).unwrap_or(16);
+    u16::try_from((1u32 << len) - 1).unwrap_or(u16::MAX)
+}
+
+const _: () = assert!(std::mem::size_of::<ActBlock>() == 36 && QK == 32 && PANEL == 16);
 
 /// One block of activations quantised to Q8_0 exactly as `quant::encode_q8_0` does it
 /// (the largest magnitude of the values that are not NaN, `d = amax / 127`,
