@@ -8,7 +8,8 @@
 //!   [`Error::UnsupportedArchitecture`]). Q4_1/Q5_0/Q5_1 weights run with the numerics
 //!   of their Q8_0 requantisation (materialised at load, or Q4_1 kept 4-bit with
 //!   `compact_q4_1`), through this crate's SIMD kernels
-//!   (AVX-512 VNNI, AVX2, chosen at run time; bit-identical to candle's Q8_0 kernel).
+//!   (AVX-512 VNNI, AVX2, chosen at run time; exact integer block sums, the same bits
+//!   at every level).
 //! - **Tokenizing** from the file's own vocabulary (byte-level BPE and SentencePiece,
 //!   matching llama.cpp), and rendering its **chat template** (Jinja, via minijinja;
 //!   ChatML when the file has none).

@@ -3,7 +3,8 @@
 //!
 //! Q8_0 weights, and Q4_1 weights served with the numerics of their Q8_0
 //! requantisation, go through this crate's own kernels ([`kernels`]) when the CPU has
-//! AVX2 (bit-identical to candle's dot product, several times faster); every other
+//! AVX2 (exact integer block sums, within rounding of candle's dot product, several
+//! times faster); every other
 //! format, and every format on other CPUs, through candle's per-block dot products
 //! (`GgmlType::vec_dot`). The driver around them is ours, so the work runs on the
 //! engine's own pool, and several weights that share an input (q/k/v, gate/up) run in

@@ -34,11 +34,11 @@ pub struct InferenceSettings {
     /// With `requantize` and the fast kernels, keep Q4_1 weights 4-bit in memory and
     /// compute their Q8_0 requantisation on the fly: the same output, 41% less memory
     /// for those weights, but slower decode (the per-block work costs more than the
-    /// bytes it saves: ~1.5x slower on an AVX-512 machine). Default false.
+    /// bytes it saves). Default false.
     pub compact_q4_1: bool,
     /// Use this crate's SIMD kernels where the CPU has them (AVX2, AVX-512 VNNI).
-    /// `false` runs candle's kernels on materialised Q8_0 weights: bit-identical
-    /// output, slower; for diagnosis. Default true.
+    /// `false` runs candle's kernels on materialised Q8_0 weights: candle's rounding
+    /// order (the same answers up to near-ties), slower; for diagnosis. Default true.
     pub fast_kernels: bool,
 }
 

@@ -36,12 +36,13 @@ pub(super) unsafe fn matmul(w: Source<'_>, rows: Range<usize>, x: &QuantActs, ou
     match w {
         Source::Q8(q) => panels(q.panels(), p0..p1, rows.len(), x, out),
         Source::Q41(q) => {
-            let mut buf = PanelBuf::new(nb, 1);
-            for p in p0..p1 {
-                requantise(q, p, &mut buf);
-                let done = (p - p0) * PANEL;
-                panels(buf.panels(), 0..1, rows.len() - done, x, &mut out[done * m..]);
-            }
+            PanelBuf::with(nb, 1, |buf| {
+                for p in p0..p1 {
+                    requantise(q, p, buf);
+                    let done = (p - p0) * PANEL;
+                    panels(buf.panels(), 0..1, rows.len() - done, x, &mut out[done * m..]);
+                }
+            });
         }
     }
 }

@@ -24,6 +24,7 @@
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
+use std::cell::Cell;
 use std::ops::Range;
 
 use super::{
@@ -53,6 +54,19 @@ const B_LANES: __mmask16 = 0xF0F0;
 
 const ZERO_PARAMS: Params = Params { a: [0.0; 64], b: [0.0; 64], d16: [0; 16], slow: 0 };
 
+/// The parameters and tables of a panel's 16 rows for one chunk of blocks (25 KiB).
+struct Work {
+    prm: [Params; PANEL],
+    tables: [[__m512i; CHUNK]; PANEL],
+}
+
+thread_local! {
+    /// Each compute thread's [`Work`], set up once (taken out while a panel is
+    /// requantised): zeroing it for every panel cost ~8% of a Q4_1 decode step.
+    /// Entries of rows past a panel's last are never read.
+    static WORK: Cell<Option<Box<Work>>> = const { Cell::new(None) };
+}
+
 /// See [`super::matmul_q8`].
 ///
 /// # Safety
@@ -75,17 +89,18 @@ pub(super) unsafe fn matmul(w: Source<'_>, rows: Range<usize>, x: &QuantActs, ou
         Source::Q41(q) => {
             // Two panels at a time (the decode loop's width), requantised into a
             // scratch that stays in L1/L2 for every activation row.
-            let mut buf = PanelBuf::new(nb, 2);
-            let mut p = p0;
-            while p < p1 {
-                let g = (p1 - p).min(2);
-                for slot in 0..g {
-                    requantise(q, p + slot, slot, &mut buf);
+            PanelBuf::with(nb, 2, |buf| {
+                let mut p = p0;
+                while p < p1 {
+                    let g = (p1 - p).min(2);
+                    for slot in 0..g {
+                        requantise(q, p + slot, slot, buf);
+                    }
+                    let done = (p - p0) * PANEL;
+                    panels(buf.panels(), 0..g, rows.len() - done, x, &mut out[done * m..]);
+                    p += g;
                 }
-                let done = (p - p0) * PANEL;
-                panels(buf.panels(), 0..g, rows.len() - done, x, &mut out[done * m..]);
-                p += g;
-            }
+            });
         }
     }
 }
@@ -259,8 +274,11 @@ fn store<const G: usize>(
     }
 }
 
-/// Requantise panel `p` of a Q4_1 matrix to Q8_0 into slot `slot` of `buf`.
-#[allow(clippy::needless_range_loop, reason = "`j` indexes both rows' tables and scales")]
+/// Requantise panel `p` of a Q4_1 matrix to Q8_0 into slot `slot` of `buf`: per block,
+/// one register per row pair from the two rows' tables, then an 8 x 8 transpose of
+/// 8-byte words turns the eight pair registers into the panel's eight steps, each
+/// stored whole.
+#[allow(clippy::needless_range_loop, reason = "`j` and `k` index several rows' arrays")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx2,fma,f16c")]
 fn requantise(w: &Q41Rows, p: usize, slot: usize, buf: &mut PanelBuf) {
     let nb = w.nb;
@@ -272,38 +290,74 @@ fn requantise(w: &Q41Rows, p: usize, slot: usize, buf: &mut PanelBuf) {
     // Dword `j` of a pair register holds row `a`'s words 0-3, row `b`'s 0-3, `a`'s 4-7,
     // `b`'s 4-7: this order puts word `s` of both rows in quadword `s`.
     let by_step = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
-    let mut prm = [ZERO_PARAMS; 2];
-    let mut tables = [[_mm512_setzero_si512(); 16]; 2];
-    for h in 0..n.div_ceil(2) {
-        // An odd last row's partner: zero nibbles looked up in a zero table.
-        let rows = if 2 * h + 1 < n { 2 } else { 1 };
-        tables[1] = [_mm512_setzero_si512(); 16];
-        prm[1].d16 = [0; 16];
-        for b0 in (0..nb).step_by(CHUNK) {
-            let len = (nb - b0).min(CHUNK);
-            for k in 0..rows {
-                q41_params(w, r0 + 2 * h + k, b0, len, &mut prm[k]);
-                q41_tables(w, r0 + 2 * h + k, b0, len, &prm[k], &mut tables[k]);
+    let zero_quants = _mm512_set1_epi8(i8::MIN);
+    let mut work = match WORK.take() {
+        Some(work) => work,
+        None => Box::new(Work {
+            prm: [ZERO_PARAMS; PANEL],
+            tables: [[_mm512_setzero_si512(); CHUNK]; PANEL],
+        }),
+    };
+    let Work { prm, tables } = &mut *work;
+    for b0 in (0..nb).step_by(CHUNK) {
+        let len = (nb - b0).min(CHUNK);
+        for k in 0..n {
+            q41_params(w, r0 + k, b0, len, &mut prm[k]);
+            q41_tables(w, r0 + k, b0, len, &prm[k], &mut tables[k]);
+        }
+        for j in 0..len {
+            let b = b0 + j;
+            let mut pairs = [zero_quants; STEPS];
+            for (h, v) in pairs.iter_mut().enumerate().take(n.div_ceil(2)) {
+                // An odd last row's partner: zero nibbles looked up in a zero table.
+                let tb = if 2 * h + 1 < n { tables[2 * h + 1][j] } else { _mm512_setzero_si512() };
+                let pair = q41_pair(w, r0 / 2 + h, b, tables[2 * h][j], tb);
+                *v = _mm512_permutexvar_epi32(by_step, pair);
             }
-            for j in 0..len {
-                let b = b0 + j;
-                let v = q41_pair(w, r0 / 2 + h, b, tables[0][j], tables[1][j]);
-                let mut words = [0u64; STEPS];
-                // SAFETY: `words` holds 64 bytes.
-                unsafe {
-                    _mm512_storeu_si512(
-                        words.as_mut_ptr().cast(),
-                        _mm512_permutexvar_epi32(by_step, v),
-                    )
-                };
-                for (e, word) in buf.quants_mut(slot, b).iter_mut().zip(words) {
-                    e[8 * h..8 * h + 8].copy_from_slice(&word.to_le_bytes());
-                }
-                buf.set_scale(slot, b, 2 * h, prm[0].d16[j]);
-                buf.set_scale(slot, b, 2 * h + 1, prm[1].d16[j]);
+            let steps = transpose8x8(pairs);
+            for (e, v) in buf.quants_mut(slot, b).iter_mut().zip(steps) {
+                // SAFETY: a 64-byte store into the 64-byte entry.
+                unsafe { _mm512_storeu_si512(e.as_mut_ptr().cast(), v) };
+            }
+            for k in 0..n {
+                buf.set_scale(slot, b, k, prm[k].d16[j]);
             }
         }
     }
+    WORK.set(Some(work));
+}
+
+/// The 8 x 8 transpose of 8-byte words: word `s` of output `h` is word `h` of input `s`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose8x8(v: [__m512i; 8]) -> [__m512i; 8] {
+    // Pairs of inputs interleaved: `lo[i]` holds words 0, 2, 4, 6 of inputs 2i and
+    // 2i + 1, `hi[i]` words 1, 3, 5, 7.
+    let lo: [__m512i; 4] = std::array::from_fn(|i| _mm512_unpacklo_epi64(v[2 * i], v[2 * i + 1]));
+    let hi: [__m512i; 4] = std::array::from_fn(|i| _mm512_unpackhi_epi64(v[2 * i], v[2 * i + 1]));
+    // Then four inputs: words (0, 4) / (2, 6) of inputs 4i..4i + 4 from `lo`, (1, 5) /
+    // (3, 7) from `hi`.
+    let even = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+    let odd = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    let four = |x: &[__m512i; 4], i: usize, idx: __m512i| {
+        _mm512_permutex2var_epi64(x[2 * i], idx, x[2 * i + 1])
+    };
+    // `q[w][i]`: words `w` and `w + 4` of inputs 4i..4i + 4, for w = 0, 1, 2, 3.
+    let q: [[__m512i; 2]; 4] = [
+        [four(&lo, 0, even), four(&lo, 1, even)],
+        [four(&hi, 0, even), four(&hi, 1, even)],
+        [four(&lo, 0, odd), four(&lo, 1, odd)],
+        [four(&hi, 0, odd), four(&hi, 1, odd)],
+    ];
+    // Finally all eight: the low halves give word `w`, the high halves word `w + 4`.
+    std::array::from_fn(|s| {
+        let [a, b] = q[s % 4];
+        if s < 4 {
+            _mm512_shuffle_i64x2::<0b01_00_01_00>(a, b)
+        } else {
+            _mm512_shuffle_i64x2::<0b11_10_11_10>(a, b)
+        }
+    })
 }
 
 /// Scales, short-form table values and slow marks of blocks `b0..b0 + len` of Q4_1
@@ -374,9 +428,8 @@ fn q41_tables(w: &Q41Rows, r: usize, b0: usize, len: usize, p: &Params, out: &mu
 fn q41_pair(w: &Q41Rows, pair: usize, b: usize, ta: __m512i, tb: __m512i) -> __m512i {
     // Nibbles `[a, b]`, broadcast to `[a, b, a, b]`.
     // SAFETY: a 32-byte unaligned load of one pair's block.
-    let nib = _mm512_broadcast_i64x4(unsafe {
-        _mm256_loadu_si256(w.qs[pair * w.nb + b].as_ptr().cast())
-    });
+    let nib =
+        _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(w.pair(pair, b).as_ptr().cast()) });
     // Byte i of lanes 0 and 1: the low nibble of byte i, times 4 (its table entry's
     // low byte); of lanes 2 and 3: the high nibble. The bit offsets select bits
     // 8i - 2 .. 8i + 5 (low) and 8i + 2 .. 8i + 9 (high) of each quadword.
