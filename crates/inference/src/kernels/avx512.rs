@@ -119,7 +119,7 @@ fn panels(w: Panels<'_>, panels: Range<usize>, n: usize, x: &QuantActs, out: &mu
     while p < panels.end {
         let r0 = (p - panels.start) * PANEL;
         if x.m == 1 {
-            store(&[decode(w, p, x)], out, r0, n, 1, 0);
+            store(&[[decode(w, p, x)]], out, r0, n, 1, 0);
             p += 1;
         } else if x.m > 4 && p + 2 <= panels.end {
             group::<2>(w, p, x, r0, n, out);
@@ -146,13 +146,13 @@ fn group<const G: usize>(
     let m = x.m;
     let mut i = 0;
     while i + 4 <= m {
-        store_rows(&dot::<4, G>(w, p, x, i), out, r0, n, m, i);
+        store(&dot::<4, G>(w, p, x, i), out, r0, n, m, i);
         i += 4;
     }
     match m - i {
-        1 => store_rows(&dot::<1, G>(w, p, x, i), out, r0, n, m, i),
-        2 => store_rows(&dot::<2, G>(w, p, x, i), out, r0, n, m, i),
-        3 => store_rows(&dot::<3, G>(w, p, x, i), out, r0, n, m, i),
+        1 => store(&dot::<1, G>(w, p, x, i), out, r0, n, m, i),
+        2 => store(&dot::<2, G>(w, p, x, i), out, r0, n, m, i),
+        3 => store(&dot::<3, G>(w, p, x, i), out, r0, n, m, i),
         _ => {}
     }
 }
@@ -229,10 +229,11 @@ fn scales(w: Panels<'_>, p: usize, b: usize) -> __m512 {
     _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(w.scales(p, b).as_ptr().cast()) })
 }
 
-/// [`store`] for activation rows `i..i + M`.
+/// Panel results of activation rows `i..i + M` into `out[r * m + i]` for the rows
+/// `r0..r0 + 16 * G` below `n`.
 #[inline]
 #[target_feature(enable = "avx512f,avx2")]
-fn store_rows<const M: usize, const G: usize>(
+fn store<const M: usize, const G: usize>(
     acc: &[[__m512; G]; M],
     out: &mut [f32],
     r0: usize,
@@ -240,36 +241,21 @@ fn store_rows<const M: usize, const G: usize>(
     m: usize,
     i: usize,
 ) {
-    for (k, a) in acc.iter().enumerate() {
-        store(a, out, r0, n, m, i + k);
-    }
-}
-
-/// Panel results of activation row `i` into `out[r * m + i]` for the rows
-/// `r0..r0 + 16 * G` below `n`.
-#[inline]
-#[target_feature(enable = "avx512f,avx2")]
-fn store<const G: usize>(
-    acc: &[__m512; G],
-    out: &mut [f32],
-    r0: usize,
-    n: usize,
-    m: usize,
-    i: usize,
-) {
-    for (g, a) in acc.iter().enumerate() {
-        let r = r0 + g * PANEL;
-        if m == 1 && r + PANEL <= n {
-            let o = &mut out[r..r + PANEL];
-            // SAFETY: `o` holds 16 floats.
-            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
-            continue;
-        }
-        let mut lanes = [0f32; PANEL];
-        // SAFETY: `lanes` holds 16 floats.
-        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
-        for (k, v) in lanes.iter().enumerate().take(n.saturating_sub(r)) {
-            out[(r + k) * m + i] = *v;
+    for (k, panels) in acc.iter().enumerate() {
+        for (g, a) in panels.iter().enumerate() {
+            let r = r0 + g * PANEL;
+            if m == 1 && r + PANEL <= n {
+                let o = &mut out[r..r + PANEL];
+                // SAFETY: `o` holds 16 floats.
+                unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
+                continue;
+            }
+            let mut lanes = [0f32; PANEL];
+            // SAFETY: `lanes` holds 16 floats.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
+            for (t, v) in lanes.iter().enumerate().take(n.saturating_sub(r)) {
+                out[(r + t) * m + i + k] = *v;
+            }
         }
     }
 }

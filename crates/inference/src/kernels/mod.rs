@@ -1123,11 +1123,22 @@ mod tests {
             }
         }
         // Rows read back as stored.
-        let mut row = vec![0f32; k];
-        let mut deq = vec![0f32; k];
+        check_rows(|r, out| packed.row_into(r, out), &wq, rows, nb);
+    }
+
+    /// Each of `rows` rows that `row_into` gives is bit for bit candle's dequantisation
+    /// of the Q8_0 blocks `want`.
+    fn check_rows(
+        row_into: impl Fn(usize, &mut [f32]),
+        want: &[BlockQ8_0],
+        rows: usize,
+        nb: usize,
+    ) {
+        let mut row = vec![0f32; nb * QK];
+        let mut deq = vec![0f32; nb * QK];
         for r in 0..rows {
-            packed.row_into(r, &mut row);
-            BlockQ8_0::to_float(&wq[r * nb..(r + 1) * nb], &mut deq);
+            row_into(r, &mut row);
+            BlockQ8_0::to_float(&want[r * nb..(r + 1) * nb], &mut deq);
             assert_eq!(bits(&row), bits(&deq), "row {r}");
         }
     }
@@ -1153,13 +1164,7 @@ mod tests {
             assert_eq!(bits(&got), bits(&want), "{level:?} rows={rows} nb={nb} m={m}");
         }
         // Dequantised rows equal the requantised Q8_0 rows.
-        let mut a = vec![0f32; k];
-        let mut b = vec![0f32; k];
-        for r in 0..rows {
-            packed.row_into(r, &mut a);
-            BlockQ8_0::to_float(&q8[r * nb..(r + 1) * nb], &mut b);
-            assert_eq!(bits(&a), bits(&b), "row {r}");
-        }
+        check_rows(|r, out| packed.row_into(r, out), &q8, rows, nb);
     }
 
     #[test]
