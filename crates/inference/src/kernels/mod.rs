@@ -1598,14 +1598,14 @@ mod tests {
 
         #[test]
         fn q8_kernels_match_candle_on_random_shapes(
-            rows in 1usize..12, nb in 1usize..8, m in 1usize..7, seed in 1u64..u64::MAX,
+            rows in 1usize..50, nb in 1usize..8, m in 1usize..10, seed in 1u64..u64::MAX,
         ) {
             check_q8(rows, nb, m, seed);
         }
 
         #[test]
-        fn q41_kernels_match_candle_on_random_shapes(
-            rows in 1usize..12, nb in 1usize..8, m in 1usize..7, seed in 1u64..u64::MAX,
+        fn q41_kernels_match_the_requantised_q8_0_on_random_shapes(
+            rows in 1usize..50, nb in 1usize..8, m in 1usize..10, seed in 1u64..u64::MAX,
             scale in 1e-3f32..50.0, offset in -1.0f32..1.0,
         ) {
             check_q41(rows, nb, m, seed, scale, offset * scale);
