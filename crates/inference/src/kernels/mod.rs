@@ -17,11 +17,12 @@
 //! - [`Q41Rows`]: Q4_1 weights *as stored in the file* (20 bytes per 32 values) with the
 //!   numerics of their Q8_0 requantisation: the Q8_0 block a Q4_1 block requantises to is
 //!   a function of its 16 possible nibble values, so the kernel builds that 16-entry table
-//!   per block (scale, `amax` and rounding exactly as `quant::encode_q8_0`) and looks the
-//!   nibbles up with a byte shuffle. It reads 41% fewer weight bytes than the
-//!   materialised Q8_0 copy but is compute-bound (~4 ns per block and row on AVX-512,
-//!   against ~1.5-2.5 ns for Q8_0 streamed with prefetch), so the engine uses it only
-//!   when asked to save memory (`compact_q4_1`). Valid when each
+//!   per block (scale, `amax` and rounding exactly as `quant::encode_q8_0`), looks the
+//!   nibbles up with a byte shuffle, a panel at a time, into a scratch that the Q8_0
+//!   loops then read. It reads 41% fewer weight bytes than the materialised Q8_0 copy
+//!   but the requantisation is compute-bound (~5 ns per block and row on AVX-512,
+//!   against ~0.4 ns for the Q8_0 loop itself; a decode about a third as fast), so the
+//!   engine uses it only when asked to save memory (`compact_q4_1`). Valid when each
 //!   block's largest magnitude sits at nibble 0 or 15 (true of every block `llama.cpp`'s
 //!   Q4_1 quantiser writes); [`Q41Rows::from_gguf_bytes`] checks every block and refuses
 //!   otherwise, and the caller materialises Q8_0 instead.
