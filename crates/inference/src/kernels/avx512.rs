@@ -87,7 +87,7 @@ pub(super) unsafe fn matmul(w: Source<'_>, rows: Range<usize>, x: &QuantActs, ou
     match w {
         Source::Q8(q) => panels(q.panels(), p0..p1, rows.len(), x, out),
         Source::Q41(q) => {
-            // Two panels at a time (the decode loop's width), requantised into a
+            // Two panels at a time (the prompt loop's width), requantised into a
             // scratch that stays in L1/L2 for every activation row.
             PanelBuf::with(nb, 2, |buf| {
                 let mut p = p0;
