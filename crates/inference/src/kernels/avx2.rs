@@ -145,12 +145,8 @@ fn store(acc: &[__m256; 2], out: &mut [f32], r0: usize, n: usize, m: usize, i: u
 /// Requantise panel `p` of a Q4_1 matrix to Q8_0 into `buf`'s first slot.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn requantise(w: &Q41Rows, p: usize, buf: &mut PanelBuf) {
-    let nb = w.nb;
-    let r0 = p * PANEL;
-    let n = (w.rows - r0).min(PANEL);
-    if n < PANEL {
-        buf.clear(0);
-    }
+    let (nb, r0) = (w.nb, p * PANEL);
+    let n = buf.start(w, p, 0);
     let low = _mm256_set1_epi8(0x0F);
     let iota_lo = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
     let iota_hi = _mm256_setr_ps(8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);

@@ -267,12 +267,8 @@ fn store<const M: usize, const G: usize>(
 #[allow(clippy::needless_range_loop, reason = "`j` and `k` index several rows' arrays")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx2,fma,f16c")]
 fn requantise(w: &Q41Rows, p: usize, slot: usize, buf: &mut PanelBuf) {
-    let nb = w.nb;
-    let r0 = p * PANEL;
-    let n = (w.rows - r0).min(PANEL);
-    if n < PANEL {
-        buf.clear(slot);
-    }
+    let (nb, r0) = (w.nb, p * PANEL);
+    let n = buf.start(w, p, slot);
     // Dword `j` of a pair register holds row `a`'s words 0-3, row `b`'s 0-3, `a`'s 4-7,
     // `b`'s 4-7: this order puts word `s` of both rows in quadword `s`.
     let by_step = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);

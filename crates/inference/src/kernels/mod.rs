@@ -39,17 +39,17 @@
 //! `rows.start..rows.end` for every activation row. Weights are stored in panels of 16
 //! rows, four quants of each row side by side (see [`Q8Rows`]), so one register holds
 //! a step of 16 rows and the integer block sums of 16 rows build up lane by lane with
-//! no horizontal sums. The kernels take two panels at a time; with one activation row
-//! the weights stream from memory straight into the multiply-adds, with several each
-//! weight step is loaded once and used for up to four activation rows, so a weight block
-//! is read once however many sequences share a decode step.
+//! no horizontal sums. With one activation row the weights stream from memory straight
+//! into the multiply-adds; with several each weight step is loaded once and used for up
+//! to four activation rows, so a weight block is read once however many sequences share
+//! a decode step (a prompt's rows take two panels at a time on AVX-512).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
@@ -192,35 +192,34 @@ struct PanelBuf {
 }
 
 thread_local! {
-    /// Each compute thread's [`PanelBuf`], reused from call to call: a matrix product
-    /// is split into tasks of a few panels, and setting up a scratch for each (up to
-    /// 48 KiB) cost a tenth of a Q4_1 decode step.
-    static PANEL_BUF: RefCell<PanelBuf> = const {
-        RefCell::new(PanelBuf { nb: 0, qs: Vec::new(), d: Vec::new() })
-    };
+    /// Each compute thread's [`PanelBuf`], reused from call to call (taken out while in
+    /// use): a matrix product is split into tasks of a few panels, and setting up a
+    /// scratch for each (up to 48 KiB) cost a tenth of a Q4_1 decode step.
+    static PANEL_BUF: Cell<Option<PanelBuf>> = const { Cell::new(None) };
 }
 
 impl PanelBuf {
-    /// Run `f` with room for `panels` panels of `nb` blocks: this thread's scratch, or
-    /// a new one if that is in use. What the panels hold is left over from earlier
-    /// calls; every panel is cleared or overwritten before it is read.
+    /// Run `f` with room for `panels` panels of `nb` blocks (this thread's scratch).
+    /// What the panels hold is left over from earlier calls; every panel is cleared or
+    /// overwritten before it is read ([`PanelBuf::start`]).
     fn with<R>(nb: usize, panels: usize, f: impl FnOnce(&mut PanelBuf) -> R) -> R {
-        let size = |buf: &mut PanelBuf| {
-            buf.nb = nb;
-            buf.qs.resize(panels * nb * STEPS, [OFFSET; 2 * QK]);
-            buf.d.resize(panels * nb * PANEL, 0);
-        };
-        PANEL_BUF.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => {
-                size(&mut buf);
-                f(&mut buf)
-            }
-            Err(_) => {
-                let mut buf = PanelBuf { nb, qs: Vec::new(), d: Vec::new() };
-                size(&mut buf);
-                f(&mut buf)
-            }
-        })
+        let mut buf = PANEL_BUF.take().unwrap_or(PanelBuf { nb: 0, qs: Vec::new(), d: Vec::new() });
+        buf.nb = nb;
+        buf.qs.resize(panels * nb * STEPS, [OFFSET; 2 * QK]);
+        buf.d.resize(panels * nb * PANEL, 0);
+        let result = f(&mut buf);
+        PANEL_BUF.set(Some(buf));
+        result
+    }
+
+    /// Begin requantising panel `p` of `w` into slot `slot`: the number of real rows in
+    /// the panel, the slot cleared to zero weights first when that is fewer than 16.
+    fn start(&mut self, w: &Q41Rows, p: usize, slot: usize) -> usize {
+        let n = (w.rows - p * PANEL).min(PANEL);
+        if n < PANEL {
+            self.clear(slot);
+        }
+        n
     }
 
     fn panels(&self) -> Panels<'_> {
@@ -945,7 +944,6 @@ pub(crate) fn weighted_sum_64_many(
     false
 }
 
-/// candle's `hsum_float_8` on eight lanes, operation for operation.
 /// The reference: the same arithmetic as the SIMD kernels, one value at a time.
 fn portable(w: Source<'_>, rows: Range<usize>, x: &QuantActs, out: &mut [f32]) {
     let (m, nb) = (x.m, x.nb);
