@@ -278,6 +278,14 @@ async fn burst(
 ) -> (Vec<u16>, Vec<(Value, String)>) {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    // One request first (`/health`: no key, no limit), so the connection has the
+    // server's SETTINGS before the burst: until then an HTTP/2 client may open any
+    // number of streams, and the server refuses those past its limit (200 in hyper)
+    // with REFUSED_STREAM, which on a busy machine failed this test.
+    let health = Request::get(router.url("/health")).body(Full::new(Bytes::new())).unwrap();
+    let warm = client.request(health).await.unwrap();
+    assert_eq!(warm.status(), 200);
+    warm.into_body().collect().await.unwrap();
     let url = router.url(CHAT);
     let tasks: Vec<_> = (0..n)
         .map(|i| {
