@@ -4,14 +4,17 @@
 # (these machines are shared and noisy: compare ratios, not absolute figures).
 #
 #  1. non-streaming chat at each connection count (wrk): req/s, p50/p99, CPU per request;
-#  2. streaming chat at each connection count (switchyard-load): time to first byte and
+#  2. non-streaming chat at 64 connections and fixed rates below saturation
+#     (switchyard-load --rate): the latency a proxy adds, not queueing behind it;
+#  3. streaming chat at each connection count (switchyard-load): time to first byte and
 #     the gap between chunks, direct, through nginx and through Switchyard;
-#  3. a fresh Switchyard holding N streams open at once (h2c to the upstream):
+#  4. a fresh Switchyard holding N streams open at once (h2c to the upstream):
 #     router memory per open stream, and what is left after they end;
-#  4. start-up time and idle RSS without a model.
+#  5. start-up time and idle RSS without a model.
 #
-# Usage: benches/router-overhead.sh [-d SECONDS] [-c "1 16 64 256"] [--hold N] [--no-stream] [--smoke]
-#        (--hold 0 and --no-stream skip parts 3 and 2, for quick A/B runs)
+# Usage: benches/router-overhead.sh [-d SECONDS] [-c "1 16 64 256"] [--rates "1000 5000"]
+#                                   [--hold N] [--no-stream] [--smoke]
+#        (--hold 0 and --no-stream skip parts 4 and 3, --rates "" part 2, for quick A/B runs)
 # Needs: wrk and nginx (Debian packages; installed when missing and running as root).
 # Prints markdown. --smoke (the test suite runs it) uses debug builds, 1 s per row at
 # 8 connections and 200 held streams, and only checks that every figure is a number.
@@ -20,6 +23,8 @@ cd "$(dirname "$0")/.."
 
 duration=10
 conns="1 16 64 256"
+fixed_conns=64
+fixed_rates="1000 5000"
 hold=10000
 smoke=0
 streaming=1
@@ -29,7 +34,8 @@ while (($#)); do
         -c) conns="$2"; shift 2 ;;
         --hold) hold="$2"; shift 2 ;;
         --no-stream) streaming=0; shift ;;
-        --smoke) smoke=1; duration=1; conns="8"; hold=200; shift ;;
+        --rates) fixed_rates="$2"; shift 2 ;;
+        --smoke) smoke=1; duration=1; conns="8"; fixed_conns=8; fixed_rates="200"; hold=200; shift ;;
         *) echo "unknown argument $1" >&2; exit 64 ;;
     esac
 done
@@ -178,6 +184,13 @@ rate() {
     echo "$rps $p50 $p99 $cpu"
 }
 
+# fixed NAME PORT RATE -> the switchyard-load summary line, non-streaming at a fixed rate
+fixed() {
+    "$bin/switchyard-load" --url "http://127.0.0.1:$2/v1/chat/completions" \
+        --model mock-model --connections "$fixed_conns" --rate "$3" --duration-s "$duration" \
+        || fail "$1: fixed-rate load failed"
+}
+
 # stream NAME PORT CONNS -> the switchyard-load summary line
 stream() {
     "$bin/switchyard-load" --url "http://127.0.0.1:$2/v1/chat/completions" --stream \
@@ -191,7 +204,7 @@ profile=release; ((smoke)) && profile="debug (smoke)"
 echo "### Latest run ($date_utc)"
 echo
 echo "Machine: $(nproc) cores ($cpu_model), $(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo) GiB; load generator, mocks and proxies share the cores. Build: $profile."
-echo "Command: \`benches/router-overhead.sh -d $duration -c \"$conns\" --hold $hold\`."
+echo "Command: \`benches/router-overhead.sh -d $duration -c \"$conns\" --rates \"$fixed_rates\" --hold $hold\`."
 echo
 echo "Start-up to first \`/health\`: **${startup_ms} ms**; idle RSS **$(mb "$idle_rss_kb") MB** (no model)."
 echo
@@ -208,6 +221,30 @@ for c in $conns; do
     echo "| $c | $d_rps | $n_rps | $s_rps | **$ratio** | $d_p50 / $d_p99 | $n_p50 / $n_p99 | $s_p50 / $s_p99 | $add50 / $add99 | $n_cpu | $s_cpu |"
     ((smoke)) && check_numbers "$d_rps" "$n_rps" "$s_rps" "$ratio" "$s_p99" "$add99" "$s_cpu"
 done
+
+if [[ -n "$fixed_rates" ]]; then
+echo
+echo "#### Added latency below saturation (switchyard-load, $fixed_conns connections, fixed rates)"
+echo
+echo "wrk keeps every connection busy, so at its rates each proxy runs saturated and the"
+echo "added latency above is mostly queueing behind the slower proxy. Here the connections"
+echo "together send a fixed number of requests per second (well below what either proxy"
+echo "serves), each request timed from the moment it is sent."
+echo
+echo "| rate req/s | direct p50/p99 ms | nginx p50/p99 ms | switchyard p50/p99 ms | nginx added p50/p99 ms | **sy added p50/p99 ms** |"
+echo "|---|---|---|---|---|---|"
+for r in $fixed_rates; do
+    d=$(fixed direct "$mock_port" "$r")
+    n=$(fixed nginx "$nginx_port" "$r")
+    s=$(fixed switchyard "$router_port" "$r")
+    pair() { echo "$(field "$1_p50_ms" "$2") / $(field "$1_p99_ms" "$2")"; }
+    added() {
+        echo "$(sub3 "$(field total_p50_ms "$1")" "$(field total_p50_ms "$d")") / $(sub3 "$(field total_p99_ms "$1")" "$(field total_p99_ms "$d")")"
+    }
+    echo "| $r | $(pair total "$d") | $(pair total "$n") | $(pair total "$s") | $(added "$n") | **$(added "$s")** |"
+    ((smoke)) && check_numbers "$(field total_p99_ms "$s")" "$(sub3 "$(field total_p99_ms "$s")" "$(field total_p99_ms "$d")")"
+done
+fi
 
 if ((streaming)); then
 echo

@@ -8,11 +8,17 @@
 //! ```text
 //! switchyard-load --url http://127.0.0.1:8080/v1/chat/completions
 //!                 [--connections 16] [--duration-s 10] [--model mock-model]
-//!                 [--stream] [--hold] [--connect-parallelism 256]
+//!                 [--stream] [--hold] [--rate N] [--connect-parallelism 256]
 //! ```
 //!
-//! * Rate mode (default): every connection sends requests back to back until the
-//!   duration is over.
+//! * Load mode (default): every connection sends requests back to back until the
+//!   duration is over (a closed loop, like wrk: the proxy runs saturated).
+//! * Fixed rate (`--rate N`): the connections together send N requests per second, each
+//!   on its own schedule (connection `i` of `c` at `i / N` seconds past the start, then
+//!   every `c / N` seconds), so latency is measured below saturation: what a proxy adds
+//!   to a request, not how long requests queue behind a saturated one. A request whose
+//!   time has come while its connection is still busy is sent as soon as it is free;
+//!   `behind=` counts those (a rate too high for the target).
 //! * Hold mode (`--hold`, implies `--stream`): every connection sends one streaming
 //!   request; once every stream has its first chunk the tool prints `open N` on its own
 //!   line (so a script can sample the proxy's memory while they are all open), then
@@ -20,8 +26,8 @@
 //!
 //! Both end with one line of `key=value` pairs: `requests errors rps`, and for the
 //! whole response, the first body chunk and the gaps between chunks, p50 and p99 in
-//! milliseconds (`total_p50_ms ttfb_p99_ms gap_p50_ms ...`). Exit status 1 when any
-//! request failed.
+//! milliseconds (`total_p50_ms ttfb_p99_ms gap_p50_ms ...`), then `behind`. Exit
+//! status 1 when any request failed.
 
 #![allow(
     clippy::print_stdout,
@@ -42,7 +48,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
 
 const USAGE: &str = "usage: switchyard-load --url URL [--connections N] [--duration-s N] \
-[--model NAME] [--stream] [--hold] [--connect-parallelism N]";
+[--model NAME] [--stream] [--hold] [--rate N] [--connect-parallelism N]";
 
 /// Command-line settings.
 #[derive(Clone, Debug)]
@@ -62,6 +68,8 @@ struct Args {
     /// Connections being opened at the same time (default 256), so a burst of
     /// thousands does not overflow the listener's accept backlog.
     connect_parallelism: usize,
+    /// Fixed rate: requests per second over all connections (`None`: back to back).
+    rate: Option<u64>,
 }
 
 /// What one connection saw.
@@ -69,6 +77,8 @@ struct Args {
 struct Samples {
     requests: u64,
     errors: u64,
+    /// Fixed rate: requests sent after their time because the connection was busy.
+    behind: u64,
     /// Whole responses, microseconds.
     total: Vec<u32>,
     /// Time to the first body chunk, microseconds.
@@ -81,6 +91,7 @@ impl Samples {
     fn merge(&mut self, other: Samples) {
         self.requests += other.requests;
         self.errors += other.errors;
+        self.behind += other.behind;
         self.total.extend(other.total);
         self.ttfb.extend(other.ttfb);
         self.gaps.extend(other.gaps);
@@ -150,12 +161,14 @@ async fn run(args: Args) -> Result<Summary, String> {
     let started = Instant::now();
     let deadline = started + args.duration;
     let mut tasks = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
+    for index in 0..args.connections {
         let (args, body, connect, hold) =
             (Arc::clone(&args), body.clone(), Arc::clone(&connect), Arc::clone(&hold));
         let authority = authority.to_string();
+        let schedule =
+            args.rate.map(|rate| Schedule::new(started.into(), index, args.connections, rate));
         tasks.push(tokio::spawn(async move {
-            connection(&args, &authority, body, &connect, &hold, deadline).await
+            connection(&args, &authority, body, &connect, &hold, deadline, schedule).await
         }));
     }
     if args.hold {
@@ -181,7 +194,7 @@ async fn run(args: Args) -> Result<Summary, String> {
     let (first_chunks, gaps) = (all.ttfb.len(), all.gaps.len());
     let line = format!(
         "requests={} errors={} rps={rps:.0} total_p50_ms={} total_p99_ms={} ttfb_p50_ms={} \
-         ttfb_p99_ms={} gap_p50_ms={} gap_p99_ms={}",
+         ttfb_p99_ms={} gap_p50_ms={} gap_p99_ms={} behind={}",
         all.requests,
         all.errors,
         percentile_ms(&mut all.total, 50.0),
@@ -190,11 +203,44 @@ async fn run(args: Args) -> Result<Summary, String> {
         percentile_ms(&mut all.ttfb, 99.0),
         percentile_ms(&mut all.gaps, 50.0),
         percentile_ms(&mut all.gaps, 99.0),
+        all.behind,
     );
     Ok(Summary { requests: all.requests, errors: all.errors, first_chunks, gaps, line })
 }
 
-/// One connection: requests back to back until the deadline (or one, held).
+/// When one connection sends at a fixed rate: its first request's time and the
+/// interval between its requests.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Schedule {
+    next: tokio::time::Instant,
+    every: Duration,
+}
+
+impl Schedule {
+    /// Connection `index` of `connections` sharing `rate` requests per second: phases
+    /// spread evenly over one interval.
+    fn new(start: tokio::time::Instant, index: usize, connections: usize, rate: u64) -> Self {
+        let rate = u32::try_from(rate.max(1)).unwrap_or(u32::MAX);
+        let every = Duration::from_secs(connections as u64) / rate;
+        let offset = Duration::from_secs(index as u64) / rate;
+        Schedule { next: start + offset, every }
+    }
+
+    /// Wait for the next request's time; `true` if it had already passed (the previous
+    /// request overran its interval).
+    async fn wait(&mut self) -> bool {
+        let due = self.next;
+        self.next += self.every;
+        if tokio::time::Instant::now() > due + Duration::from_millis(1) {
+            return true;
+        }
+        tokio::time::sleep_until(due).await;
+        false
+    }
+}
+
+/// One connection: requests back to back (or on its schedule) until the deadline, or
+/// one, held.
 async fn connection(
     args: &Args,
     authority: &str,
@@ -202,6 +248,7 @@ async fn connection(
     connect: &Semaphore,
     hold: &Hold,
     deadline: Instant,
+    mut schedule: Option<Schedule>,
 ) -> Samples {
     let mut samples = Samples::default();
     let sender = {
@@ -230,6 +277,28 @@ async fn connection(
             samples.errors += 1;
             return samples;
         };
+        if let Some(schedule) = schedule.as_mut() {
+            if schedule.next.into_std() >= deadline {
+                return samples;
+            }
+            if schedule.wait().await {
+                samples.behind += 1;
+            }
+        }
+        // A server may end a keep-alive connection after a response (nginx does after
+        // 1,000 requests by default): open another, as wrk does.
+        if sender.ready().await.is_err() {
+            match open(authority).await {
+                Ok(fresh) => sender = fresh,
+                Err(message) => {
+                    eprintln!("switchyard-load: {message}");
+                    samples.errors += 1;
+                    return samples;
+                }
+            }
+        }
+        // Timed from the moment it is sent: with tokio's millisecond timer a scheduled
+        // time is only met to within a millisecond, which would swamp what a proxy adds.
         let sent = Instant::now();
         let ok = exchange(&mut sender, request, sent, args, hold, &mut samples).await;
         samples.requests += 1;
@@ -355,6 +424,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         stream: false,
         hold: false,
         connect_parallelism: 256,
+        rate: None,
     };
     while let Some(flag) = argv.next() {
         match flag.as_str() {
@@ -378,10 +448,19 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--duration-s" => args.duration = Duration::from_secs(number(&value)?),
             "--model" => args.model = value,
             "--connect-parallelism" => args.connect_parallelism = number(&value)? as usize,
+            "--rate" => match number(&value)? {
+                0 => return Err("--rate must be at least 1".to_owned()),
+                rate => args.rate = Some(rate),
+            },
             other => return Err(format!("unknown flag {other}")),
         }
     }
     args.url = url.ok_or("--url is required")?;
+    if args.hold && args.rate.is_some() {
+        return Err(
+            "--rate and --hold do not mix (hold sends one request per connection)".to_owned()
+        );
+    }
     if args.connections == 0 {
         return Err("--connections must be at least 1".to_owned());
     }
@@ -417,6 +496,37 @@ mod tests {
     }
 
     #[test]
+    fn a_fixed_rate_spreads_the_connections_over_one_interval() {
+        let start = tokio::time::Instant::now();
+        let first = Schedule::new(start, 0, 4, 1000);
+        let last = Schedule::new(start, 3, 4, 1000);
+        assert_eq!(first, Schedule { next: start, every: Duration::from_millis(4) });
+        assert_eq!(last, Schedule { next: start + Duration::from_millis(3), every: first.every });
+        assert!(args(&["--url", "http://h:1/", "--rate", "0"]).unwrap_err().contains("at least 1"));
+        assert!(
+            args(&["--url", "http://h:1/", "--rate", "5", "--hold"]).unwrap_err().contains("mix")
+        );
+        assert_eq!(args(&["--url", "http://h:1/", "--rate", "500"]).unwrap().rate, Some(500));
+    }
+
+    /// The schedule holds with the clock paused: a connection sends on time, and one
+    /// whose previous request overran its interval sends at once and counts as behind.
+    #[tokio::test(start_paused = true)]
+    async fn a_schedule_waits_for_its_time_and_counts_overruns() {
+        let start = tokio::time::Instant::now();
+        let mut schedule = Schedule::new(start, 1, 2, 100);
+        assert!(!schedule.wait().await);
+        assert_eq!(tokio::time::Instant::now() - start, Duration::from_millis(10));
+        assert!(!schedule.wait().await);
+        assert_eq!(tokio::time::Instant::now() - start, Duration::from_millis(30));
+        tokio::time::sleep(Duration::from_millis(45)).await;
+        assert!(schedule.wait().await, "due at 50 ms, sent at 75 ms");
+        assert!(schedule.wait().await, "due at 70 ms, sent at once to catch up");
+        assert!(!schedule.wait().await);
+        assert_eq!(tokio::time::Instant::now() - start, Duration::from_millis(90));
+    }
+
+    #[test]
     fn percentiles_use_the_nearest_rank() {
         let mut samples: Vec<u32> = (1..=100).map(|ms| ms * 1000).collect();
         assert_eq!(percentile_ms(&mut samples, 50.0), "50.000");
@@ -449,6 +559,16 @@ mod tests {
         let hold = args(&["--url", &url, "--connections", "20", "--hold"]).unwrap();
         let summary = run(hold).await.unwrap();
         assert_eq!((summary.requests, summary.errors, summary.first_chunks), (20, 0, 20));
+
+        // A fixed rate: 2 connections at 50 requests/s for 200 ms send about 10.
+        let mut fixed =
+            args(&["--url", &url, "--connections", "2", "--duration-s", "0", "--rate", "50"])
+                .unwrap();
+        fixed.duration = Duration::from_millis(200);
+        let summary = run(fixed).await.unwrap();
+        assert_eq!(summary.errors, 0, "{}", summary.line);
+        assert!((8..=11).contains(&summary.requests), "{}", summary.line);
+        assert!(summary.line.ends_with(" behind=0"), "{}", summary.line);
 
         let refused = args(&["--url", "http://127.0.0.1:1/v1/chat/completions"]).unwrap();
         let summary = run(refused).await.unwrap();
