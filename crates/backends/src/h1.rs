@@ -358,17 +358,17 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
         return Ok(Some(Head::Interim));
     }
     let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    // Framing from the raw fields; names and values after the head is split off the
+    // buffer, every value a slice of that one allocation instead of a copy of its own.
+    let start = buf.as_ptr() as usize;
+    let mut spans = [((0, 0), (0, 0)); MAX_HEADERS];
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut coded = false;
     let mut close = version == Version::HTTP_10;
-    for field in response.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| H1Error::Invalid("invalid header name"))?;
-        let value = HeaderValue::from_bytes(field.value)
-            .map_err(|_| H1Error::Invalid("invalid header value"))?;
-        if name == header::CONTENT_LENGTH {
+    for (field, span) in response.headers.iter().zip(spans.iter_mut()) {
+        let name = field.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             let parsed = std::str::from_utf8(field.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
@@ -377,7 +377,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
                 return Err(H1Error::Invalid("conflicting content-length"));
             }
             length = Some(parsed);
-        } else if name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             coded = true;
             // Only the last coding frames the message.
             chunked = field
@@ -385,7 +385,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             for token in field.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
@@ -395,9 +395,23 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
                 }
             }
         }
+        // httparse hands out slices of `buf`.
+        let range = |part: &[u8]| {
+            let at = part.as_ptr() as usize - start;
+            (at, at + part.len())
+        };
+        *span = (range(name), range(field.value));
+    }
+    let count = response.headers.len();
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for ((name_at, name_end), (value_at, value_end)) in spans.into_iter().take(count) {
+        let name = HeaderName::from_bytes(&head[name_at..name_end])
+            .map_err(|_| H1Error::Invalid("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_end))
+            .map_err(|_| H1Error::Invalid("invalid header value"))?;
         headers.append(name, value);
     }
-    buf.advance(len);
     let bodiless = *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;

@@ -12,7 +12,7 @@ use futures_core::Stream;
 use http::header::{self, HeaderMap, HeaderName};
 use http::response::Parts;
 use http_body::Body as _;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use serde::{Deserialize, Serialize};
@@ -185,24 +185,16 @@ impl Exchange {
         total: Duration,
     ) -> Result<(Parts, Bytes), BackendError> {
         let deadline = self.started + total;
-        let limited = Limited::new(self.body, MAX_RESPONSE_BYTES);
-        match tokio::time::timeout_at(deadline, limited.collect()).await {
-            Ok(Ok(collected)) => Ok((self.parts, collected.to_bytes())),
-            Ok(Err(error)) => {
-                if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                    Err(BackendError::new(
-                        ErrorCode::UpstreamInvalid,
-                        format!(
-                            "backend `{backend}`: response larger than {MAX_RESPONSE_BYTES} bytes"
-                        ),
-                    ))
-                } else {
-                    Err(BackendError::new(
-                        ErrorCode::UpstreamUnavailable,
-                        format!("backend `{backend}`: connection lost while reading the response"),
-                    ))
-                }
-            }
+        match tokio::time::timeout_at(deadline, read_all(self.body)).await {
+            Ok(Ok(body)) => Ok((self.parts, body)),
+            Ok(Err(Unread::TooLarge)) => Err(BackendError::new(
+                ErrorCode::UpstreamInvalid,
+                format!("backend `{backend}`: response larger than {MAX_RESPONSE_BYTES} bytes"),
+            )),
+            Ok(Err(Unread::Lost)) => Err(BackendError::new(
+                ErrorCode::UpstreamUnavailable,
+                format!("backend `{backend}`: connection lost while reading the response"),
+            )),
             Err(_) => Err(BackendError::new(
                 ErrorCode::UpstreamTimeout,
                 format!("backend `{backend}` did not finish its response within {total:?}"),
@@ -230,6 +222,40 @@ impl Exchange {
         };
         (self.parts, stream)
     }
+}
+
+/// Why a whole body was not read.
+#[derive(Debug, PartialEq)]
+enum Unread {
+    TooLarge,
+    Lost,
+}
+
+/// A whole body, at most [`MAX_RESPONSE_BYTES`]: a body that arrives as one chunk (the
+/// usual answer) is returned as it is, without a copy or a list of chunks.
+async fn read_all<B>(mut body: B) -> Result<Bytes, Unread>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut first: Option<Bytes> = None;
+    let mut joined = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| Unread::Lost)?.into_data() else { continue };
+        let len = first.as_ref().map_or(0, Bytes::len) + joined.len() + data.len();
+        if len > MAX_RESPONSE_BYTES {
+            return Err(Unread::TooLarge);
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            None => joined.extend_from_slice(&data),
+            Some(earlier) => {
+                joined.reserve(earlier.len() + data.len());
+                joined.extend_from_slice(&earlier);
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
 impl UpstreamStream {
@@ -359,8 +385,18 @@ pub(crate) fn relay_headers(mut headers: HeaderMap) -> HeaderMap {
             || name == header::SERVER
     };
     // Remove only what is present (usually `content-length`, often `date` and `server`):
-    // a removal hashes the name, and most of the list is never there.
-    let present: Vec<HeaderName> = headers.keys().filter(|name| unwanted(name)).cloned().collect();
+    // a removal hashes the name, and most of the list is never there. Up to eight names
+    // are noted on the stack; a head with more removes the rest in a second pass.
+    let mut present: [Option<HeaderName>; 8] = Default::default();
+    let mut more = false;
+    let mut noted = 0;
+    for name in headers.keys().filter(|name| unwanted(name)) {
+        match present.get_mut(noted) {
+            Some(slot) => *slot = Some(name.clone()),
+            None => more = true,
+        }
+        noted += 1;
+    }
     if let Some(named) = headers.get(header::CONNECTION).cloned()
         && let Ok(named) = named.to_str()
     {
@@ -370,8 +406,14 @@ pub(crate) fn relay_headers(mut headers: HeaderMap) -> HeaderMap {
             }
         }
     }
-    for name in &present {
+    for name in present.into_iter().flatten() {
         headers.remove(name);
+    }
+    if more {
+        let rest: Vec<HeaderName> = headers.keys().filter(|name| unwanted(name)).cloned().collect();
+        for name in rest {
+            headers.remove(name);
+        }
     }
     headers
 }
@@ -422,6 +464,34 @@ mod tests {
         let out = relay_headers(all);
         let names: Vec<_> = out.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    fn frames(
+        chunks: Vec<Result<&'static [u8], ()>>,
+    ) -> impl http_body::Body<Data = Bytes, Error = &'static str> + Unpin {
+        let frames = chunks.into_iter().map(|chunk| {
+            chunk.map(|data| http_body::Frame::data(Bytes::from_static(data))).map_err(|()| "lost")
+        });
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_is_one_chunk_as_sent_or_the_chunks_joined() {
+        static ONE: &[u8] = b"{\"id\":1}";
+        let body = read_all(frames(vec![Ok(ONE)])).await.unwrap();
+        assert_eq!(body.as_ptr(), ONE.as_ptr(), "one chunk is passed on, not copied");
+        let body = read_all(frames(vec![Ok(b"{\"a\""), Ok(b""), Ok(b":1"), Ok(b"}")])).await;
+        assert_eq!(body.unwrap(), &b"{\"a\":1}"[..]);
+        assert_eq!(read_all(frames(vec![])).await.unwrap(), Bytes::new());
+        assert_eq!(read_all(frames(vec![Ok(b"{"), Err(())])).await, Err(Unread::Lost));
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_past_the_limit_is_refused() {
+        let big: &'static [u8] =
+            Box::leak(vec![b' '; MAX_RESPONSE_BYTES / 2 + 1].into_boxed_slice());
+        assert_eq!(read_all(frames(vec![Ok(big)])).await.unwrap().len(), big.len());
+        assert_eq!(read_all(frames(vec![Ok(big), Ok(big)])).await, Err(Unread::TooLarge));
     }
 
     #[test]
