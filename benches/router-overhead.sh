@@ -5,14 +5,15 @@
 #
 #  1. non-streaming chat at each connection count (wrk): req/s, p50/p99, CPU per request;
 #  2. non-streaming chat at 64 connections and fixed rates below saturation
-#     (switchyard-load --rate): the latency a proxy adds, not queueing behind it;
+#     (switchyard-load --rate, requests evenly spaced by a pacing thread): the latency a
+#     proxy adds, not queueing behind it;
 #  3. streaming chat at each connection count (switchyard-load): time to first byte and
 #     the gap between chunks, direct, through nginx and through Switchyard;
 #  4. a fresh Switchyard holding N streams open at once (h2c to the upstream):
 #     router memory per open stream, and what is left after they end;
 #  5. start-up time and idle RSS without a model.
 #
-# Usage: benches/router-overhead.sh [-d SECONDS] [-c "1 16 64 256"] [--rates "1000 5000"]
+# Usage: benches/router-overhead.sh [-d SECONDS] [-c "1 16 64 256"] [--rates "1000 5000 10000"]
 #                                   [--hold N] [--no-stream] [--smoke]
 #        (--hold 0 and --no-stream skip parts 4 and 3, --rates "" part 2, for quick A/B runs)
 # Needs: wrk and nginx (Debian packages; installed when missing and running as root).
@@ -24,7 +25,7 @@ cd "$(dirname "$0")/.."
 duration=10
 conns="1 16 64 256"
 fixed_conns=64
-fixed_rates="1000 5000"
+fixed_rates="1000 5000 10000"
 hold=10000
 smoke=0
 streaming=1
@@ -228,11 +229,13 @@ echo "#### Added latency below saturation (switchyard-load, $fixed_conns connect
 echo
 echo "wrk keeps every connection busy, so at its rates each proxy runs saturated and the"
 echo "added latency above is mostly queueing behind the slower proxy. Here the connections"
-echo "together send a fixed number of requests per second (well below what either proxy"
-echo "serves), each request timed from the moment it is sent."
+echo "together send a fixed number of requests per second (below what either proxy"
+echo "serves), evenly spaced by a pacing thread, each request timed from the moment it is"
+echo "sent. \"Late\" counts requests sent more than 1 ms after their time (the load"
+echo "generator shares the two cores too)."
 echo
-echo "| rate req/s | direct p50/p99 ms | nginx p50/p99 ms | switchyard p50/p99 ms | nginx added p50/p99 ms | **sy added p50/p99 ms** |"
-echo "|---|---|---|---|---|---|"
+echo "| rate req/s | direct p50/p99 ms | nginx p50/p99 ms | switchyard p50/p99 ms | nginx added p50/p99 ms | **sy added p50/p99 ms** | late direct / nginx / sy |"
+echo "|---|---|---|---|---|---|---|"
 for r in $fixed_rates; do
     d=$(fixed direct "$mock_port" "$r")
     n=$(fixed nginx "$nginx_port" "$r")
@@ -241,7 +244,7 @@ for r in $fixed_rates; do
     added() {
         echo "$(sub3 "$(field total_p50_ms "$1")" "$(field total_p50_ms "$d")") / $(sub3 "$(field total_p99_ms "$1")" "$(field total_p99_ms "$d")")"
     }
-    echo "| $r | $(pair total "$d") | $(pair total "$n") | $(pair total "$s") | $(added "$n") | **$(added "$s")** |"
+    echo "| $r | $(pair total "$d") | $(pair total "$n") | $(pair total "$s") | $(added "$n") | **$(added "$s")** | $(field behind "$d") / $(field behind "$n") / $(field behind "$s") |"
     ((smoke)) && check_numbers "$(field total_p99_ms "$s")" "$(sub3 "$(field total_p99_ms "$s")" "$(field total_p99_ms "$d")")"
 done
 fi

@@ -13,12 +13,15 @@
 //!
 //! * Load mode (default): every connection sends requests back to back until the
 //!   duration is over (a closed loop, like wrk: the proxy runs saturated).
-//! * Fixed rate (`--rate N`): the connections together send N requests per second, each
-//!   on its own schedule (connection `i` of `c` at `i / N` seconds past the start, then
-//!   every `c / N` seconds), so latency is measured below saturation: what a proxy adds
-//!   to a request, not how long requests queue behind a saturated one. A request whose
-//!   time has come while its connection is still busy is sent as soon as it is free;
-//!   `behind=` counts those (a rate too high for the target).
+//! * Fixed rate (`--rate N`): the connections together send N requests per second,
+//!   evenly spaced and taken in turn (request `k` at `k / N` seconds past the start, on
+//!   connection `k mod c`), so latency is measured below saturation: what a proxy adds
+//!   to a request, not how long requests queue behind a saturated one. The times come
+//!   from a thread of their own sleeping to each one (tokio's timer has a millisecond
+//!   grain: at 5,000 requests/s it would send them five at a time, and the fifth would
+//!   wait for the proxy to finish the other four). A request whose time has come while
+//!   its connection is still busy is sent as soon as it is free; `behind=` counts those
+//!   (a rate too high for the target).
 //! * Hold mode (`--hold`, implies `--stream`): every connection sends one streaming
 //!   request; once every stream has its first chunk the tool prints `open N` on its own
 //!   line (so a script can sample the proxy's memory while they are all open), then
@@ -160,13 +163,19 @@ async fn run(args: Args) -> Result<Summary, String> {
     });
     let started = Instant::now();
     let deadline = started + args.duration;
+    let mut schedules = match args.rate {
+        Some(rate) => {
+            let pacer = Pacer { rate, connections: args.connections };
+            pacer.spawn(args.duration)?.into_iter().map(Some).collect()
+        }
+        None => Vec::new(),
+    };
+    schedules.resize_with(args.connections, || None);
     let mut tasks = Vec::with_capacity(args.connections);
-    for index in 0..args.connections {
+    for schedule in schedules {
         let (args, body, connect, hold) =
             (Arc::clone(&args), body.clone(), Arc::clone(&connect), Arc::clone(&hold));
         let authority = authority.to_string();
-        let schedule =
-            args.rate.map(|rate| Schedule::new(started.into(), index, args.connections, rate));
         tasks.push(tokio::spawn(async move {
             connection(&args, &authority, body, &connect, &hold, deadline, schedule).await
         }));
@@ -208,38 +217,75 @@ async fn run(args: Args) -> Result<Summary, String> {
     Ok(Summary { requests: all.requests, errors: all.errors, first_chunks, gaps, line })
 }
 
-/// When one connection sends at a fixed rate: its first request's time and the
-/// interval between its requests.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Fixed rate: when each request is due and which connection sends it.
+#[derive(Clone, Copy, Debug)]
+struct Pacer {
+    /// Requests per second over all connections.
+    rate: u64,
+    connections: usize,
+}
+
+impl Pacer {
+    /// Request `k` of a run started at `start`: the connection that sends it and when,
+    /// `k / rate` seconds past the start (computed from `k`, so the times do not drift).
+    fn due(&self, start: Instant, k: u64) -> (usize, Instant) {
+        let nanos = u128::from(k) * 1_000_000_000 / u128::from(self.rate.max(1));
+        let at = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        let connections = self.connections.max(1) as u64;
+        (usize::try_from(k % connections).unwrap_or(0), start + at)
+    }
+
+    /// Start the thread that hands each connection its request times. It waits until
+    /// every connection has said it is open (or failed to open), so connecting takes
+    /// no request's time, then for `duration` sleeps to each time and sends it; the
+    /// schedules close after the last.
+    fn spawn(self, duration: Duration) -> Result<Vec<Schedule>, String> {
+        let (opened, ready) = std::sync::mpsc::channel();
+        let (senders, schedules): (Vec<_>, Vec<_>) = (0..self.connections)
+            .map(|_| {
+                let (sender, times) = tokio::sync::mpsc::unbounded_channel();
+                (sender, Schedule { opened: Some(opened.clone()), times })
+            })
+            .unzip();
+        drop(opened);
+        std::thread::Builder::new()
+            .name("pacer".to_owned())
+            .spawn(move || {
+                // Ends early only if every connection is gone.
+                for _ in 0..self.connections {
+                    if ready.recv().is_err() {
+                        break;
+                    }
+                }
+                let start = Instant::now();
+                for k in 0.. {
+                    let (index, due) = self.due(start, k);
+                    if due >= start + duration {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    // A connection that failed has dropped its schedule.
+                    let _ = senders[index].send(due);
+                }
+            })
+            .map_err(|e| format!("cannot start the pacing thread: {e}"))?;
+        Ok(schedules)
+    }
+}
+
+/// One connection's part of a fixed rate.
 struct Schedule {
-    next: tokio::time::Instant,
-    every: Duration,
+    /// Told once the connection is open or has failed to open (then dropped).
+    opened: Option<std::sync::mpsc::Sender<()>>,
+    /// The times its requests are due.
+    times: tokio::sync::mpsc::UnboundedReceiver<Instant>,
 }
 
-impl Schedule {
-    /// Connection `index` of `connections` sharing `rate` requests per second: phases
-    /// spread evenly over one interval.
-    fn new(start: tokio::time::Instant, index: usize, connections: usize, rate: u64) -> Self {
-        let rate = u32::try_from(rate.max(1)).unwrap_or(u32::MAX);
-        let every = Duration::from_secs(connections as u64) / rate;
-        let offset = Duration::from_secs(index as u64) / rate;
-        Schedule { next: start + offset, every }
-    }
-
-    /// Wait for the next request's time; `true` if it had already passed (the previous
-    /// request overran its interval).
-    async fn wait(&mut self) -> bool {
-        let due = self.next;
-        self.next += self.every;
-        if tokio::time::Instant::now() > due + Duration::from_millis(1) {
-            return true;
-        }
-        tokio::time::sleep_until(due).await;
-        false
-    }
-}
-
-/// One connection: requests back to back (or on its schedule) until the deadline, or
+/// One connection: requests back to back until the deadline (or on its schedule until
+/// it ends), or
 /// one, held.
 async fn connection(
     args: &Args,
@@ -255,6 +301,9 @@ async fn connection(
         let Ok(_permit) = connect.acquire().await else { return samples };
         open(authority).await
     };
+    if let Some(opened) = schedule.as_mut().and_then(|s| s.opened.take()) {
+        let _ = opened.send(());
+    }
     let mut sender = match sender {
         Ok(sender) => sender,
         Err(message) => {
@@ -278,10 +327,8 @@ async fn connection(
             return samples;
         };
         if let Some(schedule) = schedule.as_mut() {
-            if schedule.next.into_std() >= deadline {
-                return samples;
-            }
-            if schedule.wait().await {
+            let Some(due) = schedule.times.recv().await else { return samples };
+            if Instant::now() > due + Duration::from_millis(1) {
                 samples.behind += 1;
             }
         }
@@ -297,8 +344,8 @@ async fn connection(
                 }
             }
         }
-        // Timed from the moment it is sent: with tokio's millisecond timer a scheduled
-        // time is only met to within a millisecond, which would swamp what a proxy adds.
+        // Timed from the moment it is sent, not from when it was due: the hand-over from
+        // the pacing thread takes a few microseconds of its own.
         let sent = Instant::now();
         let ok = exchange(&mut sender, request, sent, args, hold, &mut samples).await;
         samples.requests += 1;
@@ -307,7 +354,9 @@ async fn connection(
         } else {
             samples.errors += 1;
         }
-        if args.hold || !ok || Instant::now() >= deadline {
+        // At a fixed rate the schedule ends the run.
+        let over = schedule.is_none() && Instant::now() >= deadline;
+        if args.hold || !ok || over {
             return samples;
         }
     }
@@ -496,12 +545,17 @@ mod tests {
     }
 
     #[test]
-    fn a_fixed_rate_spreads_the_connections_over_one_interval() {
-        let start = tokio::time::Instant::now();
-        let first = Schedule::new(start, 0, 4, 1000);
-        let last = Schedule::new(start, 3, 4, 1000);
-        assert_eq!(first, Schedule { next: start, every: Duration::from_millis(4) });
-        assert_eq!(last, Schedule { next: start + Duration::from_millis(3), every: first.every });
+    fn a_fixed_rate_takes_the_connections_in_turn_evenly_spaced() {
+        let start = Instant::now();
+        let pacer = Pacer { rate: 1000, connections: 4 };
+        let ms = Duration::from_millis;
+        assert_eq!(pacer.due(start, 0), (0, start));
+        assert_eq!(pacer.due(start, 3), (3, start + ms(3)));
+        assert_eq!(pacer.due(start, 4), (0, start + ms(4)));
+        assert_eq!(pacer.due(start, 4001), (1, start + ms(4001)));
+        let third = Pacer { rate: 3, connections: 1 };
+        assert_eq!(third.due(start, 1).1, start + Duration::from_nanos(333_333_333));
+        assert_eq!(third.due(start, 3).1, start + Duration::from_secs(1), "no drift");
         assert!(args(&["--url", "http://h:1/", "--rate", "0"]).unwrap_err().contains("at least 1"));
         assert!(
             args(&["--url", "http://h:1/", "--rate", "5", "--hold"]).unwrap_err().contains("mix")
@@ -509,21 +563,37 @@ mod tests {
         assert_eq!(args(&["--url", "http://h:1/", "--rate", "500"]).unwrap().rate, Some(500));
     }
 
-    /// The schedule holds with the clock paused: a connection sends on time, and one
-    /// whose previous request overran its interval sends at once and counts as behind.
-    #[tokio::test(start_paused = true)]
-    async fn a_schedule_waits_for_its_time_and_counts_overruns() {
-        let start = tokio::time::Instant::now();
-        let mut schedule = Schedule::new(start, 1, 2, 100);
-        assert!(!schedule.wait().await);
-        assert_eq!(tokio::time::Instant::now() - start, Duration::from_millis(10));
-        assert!(!schedule.wait().await);
-        assert_eq!(tokio::time::Instant::now() - start, Duration::from_millis(30));
-        tokio::time::sleep(Duration::from_millis(45)).await;
-        assert!(schedule.wait().await, "due at 50 ms, sent at 75 ms");
-        assert!(schedule.wait().await, "due at 70 ms, sent at once to catch up");
-        assert!(!schedule.wait().await);
-        assert_eq!(tokio::time::Instant::now() - start, Duration::from_millis(90));
+    /// The pacing thread starts once every connection is open, then hands each its own
+    /// times, in order, none before it is due, and closes the schedules after the last.
+    #[test]
+    fn the_pacer_hands_out_each_time_once_it_has_come() {
+        let mut schedules = Pacer { rate: 1000, connections: 3 }.spawn(ms(10)).unwrap();
+        let opened = Instant::now();
+        std::thread::sleep(ms(5));
+        assert!(schedules[0].times.try_recv().is_err(), "nothing before all are open");
+        for schedule in &mut schedules {
+            schedule.opened.take().unwrap().send(()).unwrap();
+        }
+        let mut all = Vec::new();
+        for schedule in &mut schedules {
+            let mut times = Vec::new();
+            while let Some(due) = schedule.times.blocking_recv() {
+                assert!(Instant::now() >= due, "handed out before its time");
+                times.push(due);
+            }
+            all.push(times);
+        }
+        let start = all[0][0];
+        assert!(start >= opened + ms(5));
+        for (index, times) in all.iter().enumerate() {
+            let expected: Vec<Instant> =
+                (0..10).filter(|k| k % 3 == index).map(|k| start + ms(k as u64)).collect();
+            assert_eq!(times, &expected, "connection {index}");
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
 
     #[test]
