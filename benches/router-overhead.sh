@@ -92,6 +92,12 @@ mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 # `key=value` lines from switchyard-load: field NAME LINE
 field() { tr ' ' '\n' <<<"$2" | awk -F= -v k="$1" '$1 == k {print $2}'; }
 sub3() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+# pair KEY LINE -> "p50 / p99" of KEY (total, ttfb, gap) in a switchyard-load line
+pair() { echo "$(field "$1_p50_ms" "$2") / $(field "$1_p99_ms" "$2")"; }
+# added KEY LINE BASE -> how far LINE's p50 and p99 of KEY are above BASE's
+added() {
+    echo "$(sub3 "$(field "$1_p50_ms" "$2")" "$(field "$1_p50_ms" "$3")") / $(sub3 "$(field "$1_p99_ms" "$2")" "$(field "$1_p99_ms" "$3")")"
+}
 check_numbers() {
     for v in "$@"; do [[ "$v" =~ ^-?[0-9.]+$ ]] || fail "a figure is not a number ($v)"; done
 }
@@ -199,6 +205,14 @@ stream() {
         || fail "$1: streaming load failed"
 }
 
+# each FN DIRECT_PORT NGINX_PORT ARG -> d, n, s: FN's summary line direct to the mock,
+# through nginx and through Switchyard
+each() {
+    d=$("$1" direct "$2" "$4")
+    n=$("$1" nginx "$3" "$4")
+    s=$("$1" switchyard "$router_port" "$4")
+}
+
 date_utc=$(date -u +%Y-%m-%d)
 cpu_model=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 profile=release; ((smoke)) && profile="debug (smoke)"
@@ -237,14 +251,8 @@ echo
 echo "| rate req/s | direct p50/p99 ms | nginx p50/p99 ms | switchyard p50/p99 ms | nginx added p50/p99 ms | **sy added p50/p99 ms** | late direct / nginx / sy |"
 echo "|---|---|---|---|---|---|---|"
 for r in $fixed_rates; do
-    d=$(fixed direct "$mock_port" "$r")
-    n=$(fixed nginx "$nginx_port" "$r")
-    s=$(fixed switchyard "$router_port" "$r")
-    pair() { echo "$(field "$1_p50_ms" "$2") / $(field "$1_p99_ms" "$2")"; }
-    added() {
-        echo "$(sub3 "$(field total_p50_ms "$1")" "$(field total_p50_ms "$d")") / $(sub3 "$(field total_p99_ms "$1")" "$(field total_p99_ms "$d")")"
-    }
-    echo "| $r | $(pair total "$d") | $(pair total "$n") | $(pair total "$s") | $(added "$n") | **$(added "$s")** | $(field behind "$d") / $(field behind "$n") / $(field behind "$s") |"
+    each fixed "$mock_port" "$nginx_port" "$r"
+    echo "| $r | $(pair total "$d") | $(pair total "$n") | $(pair total "$s") | $(added total "$n" "$d") | **$(added total "$s" "$d")** | $(field behind "$d") / $(field behind "$n") / $(field behind "$s") |"
     ((smoke)) && check_numbers "$(field total_p99_ms "$s")" "$(sub3 "$(field total_p99_ms "$s")" "$(field total_p99_ms "$d")")"
 done
 fi
@@ -259,13 +267,9 @@ echo
 echo "| conns | direct TTFB p50/p99 ms | nginx TTFB p50/p99 ms | switchyard TTFB p50/p99 ms | sy added TTFB p50/p99 ms | direct gap p50/p99 ms | nginx gap p50/p99 ms | switchyard gap p50/p99 ms | streams/s nginx | streams/s switchyard |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for c in $conns; do
-    d=$(stream direct "$stream_port" "$c")
-    n=$(stream nginx "$nginx_stream_port" "$c")
-    s=$(stream switchyard "$router_port" "$c")
-    add50=$(sub3 "$(field ttfb_p50_ms "$s")" "$(field ttfb_p50_ms "$d")")
+    each stream "$stream_port" "$nginx_stream_port" "$c"
     add99=$(sub3 "$(field ttfb_p99_ms "$s")" "$(field ttfb_p99_ms "$d")")
-    pair() { echo "$(field "$1_p50_ms" "$2") / $(field "$1_p99_ms" "$2")"; }
-    echo "| $c | $(pair ttfb "$d") | $(pair ttfb "$n") | $(pair ttfb "$s") | $add50 / $add99 | $(pair gap "$d") | $(pair gap "$n") | $(pair gap "$s") | $(field rps "$n") | $(field rps "$s") |"
+    echo "| $c | $(pair ttfb "$d") | $(pair ttfb "$n") | $(pair ttfb "$s") | $(added ttfb "$s" "$d") | $(pair gap "$d") | $(pair gap "$n") | $(pair gap "$s") | $(field rps "$n") | $(field rps "$s") |"
     ((smoke)) && check_numbers "$add99" "$(field gap_p99_ms "$s")" "$(field rps "$s")"
 done
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run Switchyard's whole test suite from a fresh machine: installs what the tests need
-# (Debian packages, Python SDKs, the cached default model), then runs every test.
+# (Debian packages, Python SDKs, rustfmt and clippy, the cached default model), then
+# checks the formatting, runs every test and lints.
 #
 # Usage: scripts/test.sh [extra cargo nextest args]
 # Env:   SWITCHYARD_SKIP_INSTALL=1  skip apt/pip installs (everything already present)
@@ -34,6 +35,10 @@ if [[ -z "${SWITCHYARD_SKIP_INSTALL:-}" ]]; then
         log "installing cargo-nextest"
         cargo install --locked cargo-nextest
     fi
+    if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+        log "installing rustfmt and clippy"
+        rustup component add rustfmt clippy
+    fi
 fi
 
 # No incremental cache: it doubled the size of a cold build (1.5 GB of 3.7 GB) and a
@@ -43,9 +48,14 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 log "fetching the default model (cached after the first run)"
 scripts/fetch-model.sh >/dev/null
 
+log "checking the formatting"
+cargo fmt --all --check
+
 log "running the tests"
 cargo nextest run --workspace --no-fail-fast "$@"
 log "running the doc tests"
 cargo test --workspace --doc
+log "linting (clippy, warnings are errors)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "smoke-running the router benchmark harness (debug build, seconds; checks it yields numbers)"
 benches/router-overhead.sh --smoke

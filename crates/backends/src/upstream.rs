@@ -389,13 +389,11 @@ pub(crate) fn relay_headers(mut headers: HeaderMap) -> HeaderMap {
     // are noted on the stack; a head with more removes the rest in a second pass.
     let mut present: [Option<HeaderName>; 8] = Default::default();
     let mut more = false;
-    let mut noted = 0;
-    for name in headers.keys().filter(|name| unwanted(name)) {
+    for (noted, name) in headers.keys().filter(|name| unwanted(name)).enumerate() {
         match present.get_mut(noted) {
             Some(slot) => *slot = Some(name.clone()),
             None => more = true,
         }
-        noted += 1;
     }
     if let Some(named) = headers.get(header::CONNECTION).cloned()
         && let Ok(named) = named.to_str()
