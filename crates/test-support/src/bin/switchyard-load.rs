@@ -20,8 +20,9 @@
 //!   from a thread of their own sleeping to each one (tokio's timer has a millisecond
 //!   grain: at 5,000 requests/s it would send them five at a time, and the fifth would
 //!   wait for the proxy to finish the other four). A request whose time has come while
-//!   its connection is still busy is sent as soon as it is free; `behind=` counts those
-//!   (a rate too high for the target).
+//!   its connection is still busy is sent as soon as it is free; `behind=` counts the
+//!   requests sent more than 1 ms after their time (a rate too high for the target, or
+//!   a load generator that did not get the CPU in time).
 //! * Hold mode (`--hold`, implies `--stream`): every connection sends one streaming
 //!   request; once every stream has its first chunk the tool prints `open N` on its own
 //!   line (so a script can sample the proxy's memory while they are all open), then
@@ -80,7 +81,8 @@ struct Args {
 struct Samples {
     requests: u64,
     errors: u64,
-    /// Fixed rate: requests sent after their time because the connection was busy.
+    /// Fixed rate: requests sent more than 1 ms after their time (the connection was
+    /// busy, or this process was not running).
     behind: u64,
     /// Whole responses, microseconds.
     total: Vec<u32>,
