@@ -101,6 +101,8 @@ added() {
 check_numbers() {
     for v in "$@"; do [[ "$v" =~ ^-?[0-9.]+$ ]] || fail "a figure is not a number ($v)"; done
 }
+# check_pair "P50 / P99": both halves of a `pair` or `added` are numbers
+check_pair() { check_numbers "${1% / *}" "${1#* / }"; }
 
 mock() { # PORT ARGS... -> starts a mock, appends its pid
     "$bin/switchyard-mock" --port "$1" --threads 1 "${@:2}" >/dev/null &
@@ -252,8 +254,9 @@ echo "| rate req/s | direct p50/p99 ms | nginx p50/p99 ms | switchyard p50/p99 m
 echo "|---|---|---|---|---|---|---|"
 for r in $fixed_rates; do
     each fixed "$mock_port" "$nginx_port" "$r"
-    echo "| $r | $(pair total "$d") | $(pair total "$n") | $(pair total "$s") | $(added total "$n" "$d") | **$(added total "$s" "$d")** | $(field behind "$d") / $(field behind "$n") / $(field behind "$s") |"
-    ((smoke)) && check_numbers "$(field total_p99_ms "$s")" "$(sub3 "$(field total_p99_ms "$s")" "$(field total_p99_ms "$d")")"
+    sy_added=$(added total "$s" "$d")
+    echo "| $r | $(pair total "$d") | $(pair total "$n") | $(pair total "$s") | $(added total "$n" "$d") | **$sy_added** | $(field behind "$d") / $(field behind "$n") / $(field behind "$s") |"
+    ((smoke)) && check_pair "$sy_added" && check_pair "$(pair total "$s")"
 done
 fi
 
@@ -268,9 +271,9 @@ echo "| conns | direct TTFB p50/p99 ms | nginx TTFB p50/p99 ms | switchyard TTFB
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for c in $conns; do
     each stream "$stream_port" "$nginx_stream_port" "$c"
-    add99=$(sub3 "$(field ttfb_p99_ms "$s")" "$(field ttfb_p99_ms "$d")")
-    echo "| $c | $(pair ttfb "$d") | $(pair ttfb "$n") | $(pair ttfb "$s") | $(added ttfb "$s" "$d") | $(pair gap "$d") | $(pair gap "$n") | $(pair gap "$s") | $(field rps "$n") | $(field rps "$s") |"
-    ((smoke)) && check_numbers "$add99" "$(field gap_p99_ms "$s")" "$(field rps "$s")"
+    sy_added=$(added ttfb "$s" "$d")
+    echo "| $c | $(pair ttfb "$d") | $(pair ttfb "$n") | $(pair ttfb "$s") | $sy_added | $(pair gap "$d") | $(pair gap "$n") | $(pair gap "$s") | $(field rps "$n") | $(field rps "$s") |"
+    ((smoke)) && check_pair "$sy_added" && check_numbers "$(field gap_p99_ms "$s")" "$(field rps "$s")"
 done
 fi
 ((hold > 0)) || exit 0
