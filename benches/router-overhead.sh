@@ -254,9 +254,10 @@ echo "| rate req/s | direct p50/p99 ms | nginx p50/p99 ms | switchyard p50/p99 m
 echo "|---|---|---|---|---|---|---|"
 for r in $fixed_rates; do
     each fixed "$mock_port" "$nginx_port" "$r"
+    sy_total=$(pair total "$s")
     sy_added=$(added total "$s" "$d")
-    echo "| $r | $(pair total "$d") | $(pair total "$n") | $(pair total "$s") | $(added total "$n" "$d") | **$sy_added** | $(field behind "$d") / $(field behind "$n") / $(field behind "$s") |"
-    ((smoke)) && check_pair "$sy_added" && check_pair "$(pair total "$s")"
+    echo "| $r | $(pair total "$d") | $(pair total "$n") | $sy_total | $(added total "$n" "$d") | **$sy_added** | $(field behind "$d") / $(field behind "$n") / $(field behind "$s") |"
+    ((smoke)) && check_pair "$sy_added" && check_pair "$sy_total"
 done
 fi
 
