@@ -25,6 +25,7 @@
 //! bytes a client pipelines meanwhile are kept for its next request.
 
 use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -472,9 +473,11 @@ fn parse(buf: &mut BytesMut, max_body: usize) -> Parsed {
         return Parsed::Partial;
     }
     // Pass one, over borrowed bytes: the framing decisions and where each piece is.
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let head_len = match request.parse(buf) {
+    // Left uninitialised for httparse to fill (64 empty headers would be 2 KB of stores
+    // per request).
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let head_len = match request.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Parsed::Partial,
         // Too large, too many headers, malformed, HTTP/2's preface: hyper's to answer.
