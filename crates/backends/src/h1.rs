@@ -18,7 +18,7 @@
 //! using hyper ([`crate::client`]).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -102,7 +102,9 @@ struct PoolInner {
 /// Idle connections per `host:port`, oldest first; swept of expired ones now and then.
 #[derive(Debug)]
 struct IdleLists {
-    hosts: HashMap<Arc<str>, VecDeque<Idle>>,
+    /// Looked up twice per request (check-out, check-in); the hosts come from the
+    /// configuration, so a fast hasher (foldhash).
+    hosts: foldhash::HashMap<Arc<str>, VecDeque<Idle>>,
     swept: Instant,
 }
 
@@ -151,7 +153,7 @@ pub(crate) struct ResponseBody {
 
 impl Pool {
     pub(crate) fn new(settings: PoolSettings) -> Self {
-        let idle = IdleLists { hosts: HashMap::new(), swept: Instant::now() };
+        let idle = IdleLists { hosts: foldhash::HashMap::default(), swept: Instant::now() };
         Pool { inner: Arc::new(PoolInner { settings, idle: Mutex::new(idle) }) }
     }
 

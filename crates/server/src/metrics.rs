@@ -12,7 +12,6 @@
 //! [`MAX_MODEL_LABELS`] served names (later ones are `other`). No label ever holds an API
 //! key, a key's secret, a client address or prompt text.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -326,7 +325,8 @@ pub(crate) struct ModelMetrics {
 
 /// Interned `model` labels: a copy-on-write map read without a lock.
 struct ModelLabels {
-    map: ArcSwap<HashMap<Arc<str>, Arc<ModelMetrics>>>,
+    /// Read on every request; its keys are route names (at most `MAX_MODEL_LABELS`).
+    map: ArcSwap<foldhash::HashMap<Arc<str>, Arc<ModelMetrics>>>,
     insert: Mutex<()>,
     other: Arc<ModelMetrics>,
 }
@@ -425,7 +425,7 @@ pub(crate) fn render(render: &MetricsRender) -> String {
 impl ModelLabels {
     fn new() -> ModelLabels {
         ModelLabels {
-            map: ArcSwap::from_pointee(HashMap::new()),
+            map: ArcSwap::from_pointee(foldhash::HashMap::default()),
             insert: Mutex::new(()),
             other: Arc::new(ModelMetrics::labelled("other")),
         }
@@ -444,7 +444,7 @@ impl ModelLabels {
             return self.other.clone();
         }
         let handles = Arc::new(ModelMetrics::labelled(model));
-        let mut next = HashMap::clone(&current);
+        let mut next = foldhash::HashMap::clone(&current);
         next.insert(Arc::from(model), handles.clone());
         self.map.store(Arc::new(next));
         handles

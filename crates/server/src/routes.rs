@@ -43,7 +43,9 @@ pub struct RouterSpec {
 
 /// The table requests are resolved against.
 pub(crate) struct RouteTable {
-    models: HashMap<String, Arc<ModelRoute>>,
+    /// Read on every request: hashed with foldhash (the names come from the
+    /// configuration and the backends' model lists, not from clients).
+    models: foldhash::HashMap<String, Arc<ModelRoute>>,
     /// The merged `/v1/models` list, in backend order.
     listing: Vec<Model>,
 }
@@ -126,7 +128,10 @@ impl RouteTable {
                     .push(Model::new(alias.clone(), spec.backends[*owner].backend.id().as_str()));
             }
         }
-        let mut models = HashMap::with_capacity(by_model.len());
+        let mut models = foldhash::HashMap::with_capacity_and_hasher(
+            by_model.len(),
+            foldhash::fast::RandomState::default(),
+        );
         for (name, candidates) in by_model {
             let members: Vec<switchyard_strategy::BackendSpec> =
                 candidates.iter().map(|&i| spec.backends[i].strategy_spec()).collect();
