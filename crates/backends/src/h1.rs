@@ -19,7 +19,7 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::io::{self, Write as _};
+use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -300,7 +300,8 @@ fn request_head(
     head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     head.extend_from_slice(authority.as_bytes());
     if body_len > 0 || !matches!(*method, Method::GET | Method::HEAD) {
-        let _ = write!(head, "\r\ncontent-length: {body_len}");
+        head.extend_from_slice(b"\r\ncontent-length: ");
+        head.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
     }
     head.extend_from_slice(b"\r\n");
     for (name, value) in headers {

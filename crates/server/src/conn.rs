@@ -607,7 +607,9 @@ fn write_head(
     }
     match payload {
         Payload::Length(length) | Payload::None(Some(length)) => {
-            let _ = write!(out, "content-length: {length}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         Payload::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Payload::None(None) => {}
