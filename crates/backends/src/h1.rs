@@ -41,6 +41,9 @@ use crate::upstream::is_hop_by_hop;
 const MAX_HEAD: usize = 64 * 1024;
 /// Most response header fields accepted.
 const MAX_HEADERS: usize = 100;
+/// Fields the router adds to an answer's headers (backend and model labels, request
+/// id, cache directive, content type, overhead), reserved when the map is built.
+const ROUTER_HEADERS: usize = 6;
 /// Largest chunk-size line (size, extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
 /// How often released connections trigger a sweep of expired idle ones.
@@ -158,19 +161,21 @@ impl Pool {
     }
 
     /// Send one request and read the response head. The body is read through the
-    /// returned [`ResponseBody`].
+    /// returned [`ResponseBody`]. `now` is the time the caller just read: idle
+    /// connections are judged expired or not at it.
     pub(crate) async fn send(
         &self,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
         body: &Bytes,
+        now: Instant,
     ) -> Result<(http::response::Parts, ResponseBody), H1Error> {
         let authority = uri.authority().ok_or(H1Error::Invalid("the url has no host"))?;
         let host = authority.as_str().rsplit('@').next().unwrap_or_default();
         let key = pool_key(authority, host);
         let head = request_head(method, uri, host, headers, body.len());
-        let mut lease = match self.checkout(&key) {
+        let mut lease = match self.checkout(&key, now) {
             Some(lease) => lease,
             None => self.connect(Arc::from(&*key)).await?,
         };
@@ -195,8 +200,7 @@ impl Pool {
     }
 
     /// The most recently used idle connection to `key` that is still open.
-    fn checkout(&self, key: &str) -> Option<Lease> {
-        let now = Instant::now();
+    fn checkout(&self, key: &str, now: Instant) -> Option<Lease> {
         let timeout = self.inner.settings.idle_timeout;
         loop {
             let idle = self.inner.idle.lock().hosts.get_mut(key)?.pop_back();
@@ -377,9 +381,12 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
     let mut chunked = false;
     let mut coded = false;
     let mut close = version == Version::HTTP_10;
-    for (field, span) in response.headers.iter().zip(spans.iter_mut()) {
+    // The framing fields describe the wire, not the decoded body handed out: they are
+    // read here and not kept.
+    let mut kept = 0;
+    for field in response.headers.iter() {
         let name = field.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        let wire_framing = if name.eq_ignore_ascii_case(b"content-length") {
             let parsed = std::str::from_utf8(field.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
@@ -388,6 +395,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
                 return Err(H1Error::Invalid("conflicting content-length"));
             }
             length = Some(parsed);
+            true
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             coded = true;
             // Only the last coding frames the message.
@@ -396,27 +404,36 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in field.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    close = false;
+            true
+        } else {
+            if name.eq_ignore_ascii_case(b"connection") {
+                for token in field.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        close = false;
+                    }
                 }
             }
+            false
+        };
+        if wire_framing {
+            continue;
         }
         // httparse hands out slices of `buf`.
         let range = |part: &[u8]| {
             let at = part.as_ptr() as usize - start;
             (at, at + part.len())
         };
-        *span = (range(name), range(field.value));
+        spans[kept] = (range(name), range(field.value));
+        kept += 1;
     }
-    let count = response.headers.len();
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for ((name_at, name_end), (value_at, value_end)) in spans.into_iter().take(count) {
+    // Room for what the router adds to an answer (its labels, the request id, a
+    // cache directive) without growing the map.
+    let mut headers = HeaderMap::with_capacity(kept + ROUTER_HEADERS);
+    for ((name_at, name_end), (value_at, value_end)) in spans.into_iter().take(kept) {
         let name = HeaderName::from_bytes(&head[name_at..name_end])
             .map_err(|_| H1Error::Invalid("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_end))
@@ -800,6 +817,25 @@ mod tests {
     }
 
     #[test]
+    fn heads_keep_end_to_end_fields_and_leave_framing_out() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\
+             x-ratelimit-remaining-requests: 7\r\ntransfer-encoding: chunked\r\n\
+             connection: keep-alive\r\n\r\n",
+        );
+        let Some(Head::Final { parts, framing, .. }) = parse_head(&mut buf, &Method::POST).unwrap()
+        else {
+            panic!("not a final head");
+        };
+        // `transfer-encoding` wins over `content-length`, and neither is handed on.
+        assert_eq!(framing, Framing::Chunked(Chunk::Size));
+        let names: Vec<_> = parts.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type", "x-ratelimit-remaining-requests", "connection"]);
+        assert_eq!(parts.headers["x-ratelimit-remaining-requests"], "7");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
     fn request_heads_carry_host_and_length_and_drop_connection_headers() {
         let uri: Uri = "http://127.0.0.1:8000/v1/chat/completions?x=1".parse().unwrap();
         let mut headers = HeaderMap::new();
@@ -862,8 +898,9 @@ mod tests {
     }
 
     async fn post(pool: &Pool, uri: &Uri) -> Result<(StatusCode, Bytes), H1Error> {
+        let body = Bytes::from_static(b"{}");
         let (parts, body) =
-            pool.send(&Method::POST, uri, &HeaderMap::new(), &Bytes::from_static(b"{}")).await?;
+            pool.send(&Method::POST, uri, &HeaderMap::new(), &body, Instant::now()).await?;
         let bytes = body.collect().await?.to_bytes();
         Ok((parts.status, bytes))
     }

@@ -97,8 +97,10 @@ pub(crate) fn routing_context(
     request_id: HeaderValue,
     extra: &[HeaderName],
 ) -> (RequestKey, HeaderMap) {
-    let session = headers
-        .get(state.settings.routing.consistent_hash.header.as_str())
+    let session = state
+        .session_header
+        .as_ref()
+        .and_then(|name| headers.get(name))
         .and_then(|v| v.to_str().ok());
     let key = RequestKey::from_meta(session, meta);
     let mut forward = HeaderMap::with_capacity(2 + extra.len());
@@ -166,8 +168,10 @@ fn respond(answer: Answer, state: &AppState) -> Response<Body> {
     *out.status_mut() = response.status;
     *out.headers_mut() = response.headers;
     label(out.headers_mut(), state, index, model);
-    if response.status.is_success() && !out.headers().contains_key(header::CACHE_CONTROL) {
-        out.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if response.status.is_success() {
+        out.headers_mut()
+            .entry(header::CACHE_CONTROL)
+            .or_insert_with(|| HeaderValue::from_static("no-cache"));
     }
     out
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchyard_cache::{CacheSettings, Caches};
@@ -81,6 +81,9 @@ pub(crate) struct AppState {
     pub(crate) caches: Arc<Caches>,
     /// Each backend's name as a response header value, built once.
     pub(crate) backend_headers: Vec<HeaderValue>,
+    /// `routing.consistent_hash.header` as a header name, parsed once (`None` if it is
+    /// not a valid one: no request can carry it).
+    pub(crate) session_header: Option<HeaderName>,
     request_ids: Arc<RequestIds>,
     /// When the first state of this router was built (uptime in `/api/health`; kept
     /// across reloads).
@@ -195,6 +198,8 @@ impl AppState {
                     .unwrap_or_else(|_| HeaderValue::from_static("(unprintable)"))
             })
             .collect();
+        let session_header =
+            HeaderName::from_bytes(settings.routing.consistent_hash.header.as_bytes()).ok();
         let discovered = HashMap::new();
         let routing = Routing { health: &health, stats: &stats, strategy: &settings.routing };
         let table = RouteTable::build(&spec, &routing, &discovered)
@@ -210,6 +215,7 @@ impl AppState {
             discovering,
             caches,
             backend_headers: spec_headers,
+            session_header,
             request_ids,
             started: previous.map_or_else(std::time::Instant::now, |old| old.started),
             auth,
