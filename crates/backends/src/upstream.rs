@@ -157,7 +157,7 @@ pub(crate) async fn exchange(
         && request.uri().scheme() == Some(&http::uri::Scheme::HTTP)
     {
         let (head, body) = request.into_parts();
-        let sent = pool.send(&head.method, &head.uri, &head.headers, &body);
+        let sent = pool.send(&head.method, &head.uri, &head.headers, &body, started);
         return match tokio::time::timeout_at(deadline, sent).await {
             Ok(Ok((parts, body))) => {
                 Ok(Exchange { parts, body: UpstreamBody::H1(body), permit, started })

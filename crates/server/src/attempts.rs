@@ -168,12 +168,14 @@ impl Job {
                 };
                 let started = Instant::now();
                 let sent = backend.send(request).await;
-                *waited += started.elapsed();
+                // One clock read for the wait and the answer's head time.
+                let head = started.elapsed();
+                *waited += head;
                 let response = match sent {
                     Ok(response) => response,
                     Err(error) => {
                         metrics.failed.increment(1);
-                        metrics.duration.record(started.elapsed().as_secs_f64());
+                        metrics.duration.record(head.as_secs_f64());
                         if error.code == ErrorCode::Overloaded {
                             // A full queue (the local model's scheduler) says nothing
                             // about health: the next request may well fit. Drop the
@@ -181,7 +183,7 @@ impl Job {
                             drop(admission);
                             drop(stats);
                         } else {
-                            admission.record(Outcome::from_error(&error), started.elapsed());
+                            admission.record(Outcome::from_error(&error), head);
                             stats.failure();
                         }
                         tracing::debug!(backend = %id, code = %error.code, "attempt failed");
@@ -192,7 +194,6 @@ impl Job {
                         continue;
                     }
                 };
-                let head = started.elapsed();
                 if !response.status.is_success() {
                     metrics.error_status.increment(1);
                 }
@@ -213,8 +214,7 @@ impl Job {
                         metrics.duration.record(head.as_secs_f64());
                         admission
                             .record(Outcome::from_status(response.status.as_u16(), None), head);
-                        stats.record_latency(head);
-                        stats.success();
+                        stats.succeeded(head);
                         response
                     }
                     ResponseBody::Stream(stream) => match first_chunk(stream).await {

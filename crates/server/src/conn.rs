@@ -258,17 +258,22 @@ impl Conn {
     /// Read until a whole head is buffered, within the timeouts.
     async fn read_head(&mut self, first: bool) -> Step {
         // A head already begun, or a new connection's first: `header_read_timeout`.
-        // Otherwise the connection idles for up to `keepalive_timeout` first.
-        let mut deadline =
-            (first || !self.buf.is_empty()).then(|| Instant::now() + self.limits.header_read);
+        // Otherwise the connection idles for up to `keepalive_timeout` first, and the
+        // head's deadline is set once it turns out to need a second read (a head that
+        // arrives whole costs no clock reading).
+        let mut idle = !first && self.buf.is_empty();
+        let mut deadline = (!idle).then(|| Instant::now() + self.limits.header_read);
         loop {
             match parse(&mut self.buf, self.limits.max_body) {
                 Parsed::Head(head) => return Step::Head(head),
                 Parsed::HandOff => return Step::HandOff,
                 Parsed::Partial => {}
             }
-            let idle = deadline.is_none();
-            let limit = deadline.unwrap_or_else(|| Instant::now() + self.limits.keepalive);
+            let limit = match deadline {
+                Some(limit) => limit,
+                None if idle => Instant::now() + self.limits.keepalive,
+                None => *deadline.insert(Instant::now() + self.limits.header_read),
+            };
             self.buf.reserve(READ_CHUNK);
             let read = tokio::select! {
                 biased;
@@ -281,9 +286,7 @@ impl Conn {
                 Ok(0) | Err(_) => return Step::Close,
                 Ok(_) => {}
             }
-            if idle {
-                deadline = Some(Instant::now() + self.limits.header_read);
-            }
+            idle = false;
         }
     }
 

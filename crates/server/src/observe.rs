@@ -273,7 +273,12 @@ fn number_after(json: &[u8], name: &Finder<'_>) -> Option<u64> {
     let at = name.find(json)? + name.needle().len();
     let rest = json[at..].trim_ascii_start().strip_prefix(b":")?.trim_ascii_start();
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    if digits == 0 {
+        return None;
+    }
+    rest[..digits]
+        .iter()
+        .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
 }
 
 impl http_body::Body for Observed {
@@ -342,5 +347,8 @@ mod tests {
             None
         );
         assert_eq!(number_after(b"nothing", &Finder::new(b"\"prompt_tokens\"")), None);
+        let name = Finder::new(b"\"n\"");
+        assert_eq!(number_after(b"\"n\":18446744073709551615", &name), Some(u64::MAX));
+        assert_eq!(number_after(b"\"n\":18446744073709551616", &name), None, "overflow");
     }
 }

@@ -261,6 +261,14 @@ impl InFlight {
         }
     }
 
+    /// A request whose head and end came together (a whole body): its latency and
+    /// its success, recorded at one reading of the clock.
+    pub fn succeeded(mut self, latency: Duration) {
+        let now = Instant::now();
+        self.record_latency_at(latency, now);
+        self.backend.success.record(1.0, now, self.decay);
+    }
+
     /// The request completed normally.
     pub fn success(self) {
         self.backend.success.record(1.0, Instant::now(), self.decay);
@@ -418,23 +426,25 @@ mod tests {
         let mut ok = InFlight::start(&stats, Some(&model), TAU, 0);
         let bad = InFlight::start(&stats, None, TAU, 0);
         let gone = InFlight::start(&stats, None, TAU, 0);
-        assert_eq!(registry.get(&id).unwrap().in_flight, 3);
+        let whole = InFlight::start(&stats, Some(&model), TAU, 0);
+        assert_eq!(registry.get(&id).unwrap().in_flight, 4);
         ok.record_latency(Duration::from_millis(200));
         // Still streaming: still in flight.
-        assert_eq!(registry.get(&id).unwrap().in_flight, 3);
+        assert_eq!(registry.get(&id).unwrap().in_flight, 4);
         ok.success();
         bad.failure();
         drop(gone);
+        whole.succeeded(Duration::from_millis(200));
 
         let snap = registry.get(&id).unwrap();
         assert_eq!(snap.in_flight, 0);
-        assert_eq!(snap.requests, 3);
+        assert_eq!(snap.requests, 4);
         assert_eq!(snap.errors, 1);
         assert_eq!(snap.weight, 3);
         assert_eq!(snap.ewma_latency, Some(Duration::from_millis(200)));
-        assert!((snap.success_rate - 0.5).abs() < 1e-3, "{}", snap.success_rate);
+        assert!((snap.success_rate - 2.0 / 3.0).abs() < 1e-3, "{}", snap.success_rate);
         assert_eq!(snap.models.len(), 1);
-        assert_eq!(snap.models[0].samples, 1);
+        assert_eq!(snap.models[0].samples, 2);
 
         let json = serde_json::to_value(&snap).unwrap();
         assert_eq!(json["id"], "b1");
