@@ -281,10 +281,12 @@ fn still_open(stream: &TcpStream) -> bool {
 /// `host:port` (what to connect to), the port made explicit; `host` is the authority
 /// without user information.
 fn pool_key<'a>(authority: &http::uri::Authority, host: &'a str) -> Cow<'a, str> {
-    match authority.port_u16() {
-        Some(_) => Cow::Borrowed(host),
-        None => Cow::Owned(format!("{}:80", authority.host())),
-    }
+    // Digits after the last colon (an IPv6 literal's colons are followed by `]` at the
+    // end): read here rather than parsed into a number by `port_u16` on every request.
+    let explicit = host
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+    if explicit { Cow::Borrowed(host) } else { Cow::Owned(format!("{}:80", authority.host())) }
 }
 
 /// Request line and headers. `host` and `content-length` are the client's to write;
@@ -813,6 +815,23 @@ mod tests {
             "SSH-2.0-OpenSSH\r\n\r\n",
         ] {
             assert!(parse_head(&mut BytesMut::from(bad), &Method::POST).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pool_keys_name_the_port() {
+        for (url, key) in [
+            ("http://127.0.0.1:8000/v1", "127.0.0.1:8000"),
+            ("http://localhost/v1", "localhost:80"),
+            ("http://user:pw@example.com/v1", "example.com:80"),
+            ("http://user:pw@example.com:81/v1", "example.com:81"),
+            ("http://[::1]/v1", "[::1]:80"),
+            ("http://[::1]:8080/v1", "[::1]:8080"),
+        ] {
+            let uri: Uri = url.parse().unwrap();
+            let authority = uri.authority().unwrap();
+            let host = authority.as_str().rsplit('@').next().unwrap();
+            assert_eq!(pool_key(authority, host), key, "{url}");
         }
     }
 

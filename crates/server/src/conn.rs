@@ -498,15 +498,18 @@ fn parse(buf: &mut BytesMut, max_body: usize) -> Parsed {
     };
     let path = span(path.as_bytes());
     let mut spans = [((0, 0), (0, 0)); MAX_HEADERS];
+    let mut kept = 0;
     let mut content_length = None;
     let mut close = false;
-    for (header, slot) in request.headers.iter().zip(spans.iter_mut()) {
+    for header in request.headers.iter() {
         let name = header.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
             match (content_length, parse_length(header.value)) {
                 (None, Some(length)) if length <= max_body => content_length = Some(length),
                 _ => return Parsed::HandOff,
             }
+            // The loop reads the body by it; the handler gets the body whole.
+            continue;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"upgrade")
@@ -515,13 +518,13 @@ fn parse(buf: &mut BytesMut, max_body: usize) -> Parsed {
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= has_close(header.value);
         }
-        *slot = (span(name), span(header.value));
+        spans[kept] = (span(name), span(header.value));
+        kept += 1;
     }
-    let count = request.headers.len();
 
     // Pass two, over the head frozen in place: values are slices of it, not copies.
     let head = buf.split_to(head_len).freeze();
-    let built = build(&head, method, path, &spans[..count]);
+    let built = build(&head, method, path, &spans[..kept]);
     let Some(parts) = built else {
         // Not something the router can take (an odd URI or header value): give hyper
         // the bytes back as they were, for its own answer.
@@ -738,6 +741,9 @@ mod tests {
         let custom: Vec<_> = head.parts.headers.get_all("x-custom").iter().collect();
         assert_eq!(custom, ["one", "two"]);
         assert_eq!(head.content_length, 2);
+        // The framing is the loop's: the handler gets the body whole, not its length.
+        assert!(!head.parts.headers.contains_key("content-length"));
+        assert_eq!(head.parts.headers.len(), 4);
         assert!(!head.close);
         assert_eq!(&rest[..], b"{}GET");
     }
