@@ -15,10 +15,12 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use switchyard_config::{BackendType, Config, ConfigSource, LogFormat, LoggingConfig, Overrides};
 use switchyard_server::{ConfigLoader, MetricsRender, Options};
 
+mod alloc;
+
 /// mimalloc instead of glibc malloc: per-request allocations on several threads made
 /// glibc's arena locks and consolidation visible in profiles (see docs/benchmarks.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 /// Transparent huge pages on or off for this process. A router's heap is small and
 /// scattered: each 2 MiB region the allocator touches as a huge page costs 2 MiB of

@@ -174,19 +174,28 @@ fn every_member_uses_workspace_lints_and_documents_its_crate() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// The one file outside the inference crate allowed `unsafe`: the binary's global
+/// allocator, which forwards to mimalloc.
+const ALLOCATOR: &str = "bins/switchyard/src/alloc.rs";
+
 #[test]
-fn only_the_inference_crate_allows_unsafe_code() {
+fn only_the_inference_crate_and_the_allocator_allow_unsafe_code() {
     let (root, packages) = workspace();
     let mut hits = Vec::new();
     for package in packages.iter().filter(|p| p.name != "switchyard-inference") {
         let src = package.manifest.parent().unwrap().join("src");
         scan(&src, &mut |path, text| {
+            let relative = path.strip_prefix(&root).unwrap_or(path);
+            if relative == std::path::Path::new(ALLOCATOR) {
+                return;
+            }
             if text.contains("allow(unsafe_code)") || text.contains("unsafe {") {
-                hits.push(path.strip_prefix(&root).unwrap_or(path).display().to_string());
+                hits.push(relative.display().to_string());
             }
         });
     }
     assert!(hits.is_empty(), "unsafe code outside switchyard-inference:\n{}", hits.join("\n"));
+    assert!(root.join(ALLOCATOR).is_file(), "{ALLOCATOR} moved: update this test");
 }
 
 #[test]
