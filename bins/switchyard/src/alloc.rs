@@ -2,6 +2,7 @@
 //! out meets the layout's alignment.
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::ffi::c_void;
 
 use libmimalloc_sys as mi;
 
@@ -17,40 +18,43 @@ const WORD: usize = size_of::<usize>();
 /// every one, needs nothing `mi_malloc` does not give every block.
 pub(crate) struct Allocator;
 
+type Plain = unsafe extern "C" fn(usize) -> *mut c_void;
+type Aligned = unsafe extern "C" fn(usize, usize) -> *mut c_void;
+
+/// `plain` for a layout aligned to a word or less, `aligned` otherwise.
+///
+/// # Safety
+/// `plain` and `aligned` are one mimalloc family's entry points (malloc or zalloc).
+#[allow(unsafe_code)] // reason: calls mimalloc's C API, see the impl below
 #[inline]
-fn plain(layout: Layout) -> bool {
-    layout.align() <= WORD
+unsafe fn allocate(layout: Layout, plain: Plain, aligned: Aligned) -> *mut u8 {
+    // SAFETY: mimalloc accepts any size, and `Layout` guarantees a power-of-two alignment.
+    unsafe {
+        if layout.align() <= WORD {
+            plain(layout.size()).cast()
+        } else {
+            aligned(layout.size(), layout.align()).cast()
+        }
+    }
 }
 
 // SAFETY: each method forwards to mimalloc, which keeps the C allocation contract: the
 // plain calls return word-aligned blocks (or null), taken only for layouts that ask no
-// more (`plain`); the `_aligned` calls return blocks at the requested alignment (a power
-// of two, as `Layout` guarantees); `mi_free`, `mi_realloc` and `mi_realloc_aligned`
-// accept blocks from either family. Nothing here touches memory itself.
+// more; the `_aligned` calls return blocks at the requested alignment (a power of two,
+// as `Layout` guarantees); `mi_free`, `mi_realloc` and `mi_realloc_aligned` accept blocks
+// from either family. Nothing here touches memory itself.
 #[allow(unsafe_code)] // reason: `GlobalAlloc` is an unsafe trait; the calls are mimalloc's C API
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: see the impl.
-        unsafe {
-            if plain(layout) {
-                mi::mi_malloc(layout.size()).cast()
-            } else {
-                mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        // SAFETY: the malloc family.
+        unsafe { allocate(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: see the impl.
-        unsafe {
-            if plain(layout) {
-                mi::mi_zalloc(layout.size()).cast()
-            } else {
-                mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        // SAFETY: the zalloc family.
+        unsafe { allocate(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     #[inline]
@@ -63,7 +67,7 @@ unsafe impl GlobalAlloc for Allocator {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: see the impl; `ptr` came from this allocator with `layout`.
         unsafe {
-            if plain(layout) {
+            if layout.align() <= WORD {
                 mi::mi_realloc(ptr.cast(), new_size).cast()
             } else {
                 mi::mi_realloc_aligned(ptr.cast(), new_size, layout.align()).cast()
