@@ -388,7 +388,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
     let mut kept = 0;
     for field in response.headers.iter() {
         let name = field.name.as_bytes();
-        let wire_framing = if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"content-length") {
             let parsed = std::str::from_utf8(field.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
@@ -397,8 +397,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
                 return Err(H1Error::Invalid("conflicting content-length"));
             }
             length = Some(parsed);
-            true
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
             coded = true;
             // Only the last coding frames the message.
             chunked = field
@@ -406,22 +407,17 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            true
-        } else {
-            if name.eq_ignore_ascii_case(b"connection") {
-                for token in field.value.split(|&b| b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        close = false;
-                    }
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in field.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    close = false;
                 }
             }
-            false
-        };
-        if wire_framing {
-            continue;
         }
         // httparse hands out slices of `buf`.
         let range = |part: &[u8]| {

@@ -261,8 +261,8 @@ impl Conn {
         // Otherwise the connection idles for up to `keepalive_timeout` first, and the
         // head's deadline is set once it turns out to need a second read (a head that
         // arrives whole costs no clock reading).
-        let mut idle = !first && self.buf.is_empty();
-        let mut deadline = (!idle).then(|| Instant::now() + self.limits.header_read);
+        let mut deadline =
+            (first || !self.buf.is_empty()).then(|| Instant::now() + self.limits.header_read);
         loop {
             match parse(&mut self.buf, self.limits.max_body) {
                 Parsed::Head(head) => return Step::Head(head),
@@ -271,7 +271,8 @@ impl Conn {
             }
             let limit = match deadline {
                 Some(limit) => limit,
-                None if idle => Instant::now() + self.limits.keepalive,
+                // Nothing of the next head yet: the keep-alive wait.
+                None if self.buf.is_empty() => Instant::now() + self.limits.keepalive,
                 None => *deadline.insert(Instant::now() + self.limits.header_read),
             };
             self.buf.reserve(READ_CHUNK);
@@ -286,7 +287,6 @@ impl Conn {
                 Ok(0) | Err(_) => return Step::Close,
                 Ok(_) => {}
             }
-            idle = false;
         }
     }
 
@@ -564,10 +564,24 @@ fn build(
 /// A `content-length` value: ASCII digits only (no sign, no spaces inside).
 fn parse_length(value: &[u8]) -> Option<usize> {
     let value = value.trim_ascii();
-    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+    if value.len() > 18 {
         return None;
     }
-    value.iter().try_fold(0usize, |n, d| n.checked_mul(10)?.checked_add(usize::from(d - b'0')))
+    decimal(value).and_then(|n| usize::try_from(n).ok())
+}
+
+/// ASCII digits, all of them, as a number: `None` if empty, if anything else is there,
+/// or on overflow.
+pub(crate) fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// Whether a `connection` value lists `close`.

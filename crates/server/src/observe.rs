@@ -273,12 +273,7 @@ fn number_after(json: &[u8], name: &Finder<'_>) -> Option<u64> {
     let at = name.find(json)? + name.needle().len();
     let rest = json[at..].trim_ascii_start().strip_prefix(b":")?.trim_ascii_start();
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 {
-        return None;
-    }
-    rest[..digits]
-        .iter()
-        .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    crate::conn::decimal(&rest[..digits])
 }
 
 impl http_body::Body for Observed {

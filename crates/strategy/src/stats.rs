@@ -266,12 +266,16 @@ impl InFlight {
     pub fn succeeded(mut self, latency: Duration) {
         let now = Instant::now();
         self.record_latency_at(latency, now);
-        self.backend.success.record(1.0, now, self.decay);
+        self.success_at(now);
     }
 
     /// The request completed normally.
     pub fn success(self) {
-        self.backend.success.record(1.0, Instant::now(), self.decay);
+        self.success_at(Instant::now());
+    }
+
+    fn success_at(self, now: Instant) {
+        self.backend.success.record(1.0, now, self.decay);
     }
 
     /// The request failed because of the backend (refused, timed out, 5xx, garbage,
