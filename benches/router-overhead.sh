@@ -14,9 +14,11 @@
 #  5. start-up time and idle RSS without a model.
 #
 # Usage: benches/router-overhead.sh [-d SECONDS] [-c "1 16 64 256"] [--rates "1000 5000 10000"]
-#                                   [--hold N] [--no-stream] [--smoke]
-#        (--hold 0 and --no-stream skip parts 4 and 3, --rates "" part 2, for quick A/B runs)
+#                                   [--hold N] [--no-stream] [--router BIN] [--smoke]
+#        (--hold 0 and --no-stream skip parts 4 and 3, --rates "" part 2, for quick A/B runs;
+#        --router runs BIN instead of the release build, as scripts/pgo-profile.sh does)
 # Needs: wrk and nginx (Debian packages; installed when missing and running as root).
+# The release build is optimised with pgo/switchyard.profdata, as scripts/run.sh's is.
 # Prints markdown. --smoke (the test suite runs it) uses debug builds, 1 s per row at
 # 8 connections and 200 held streams, and only checks that every figure is a number.
 set -euo pipefail
@@ -27,6 +29,7 @@ conns="1 16 64 256"
 fixed_conns=64
 fixed_rates="1000 5000 10000"
 hold=10000
+router_bin=""
 smoke=0
 streaming=1
 while (($#)); do
@@ -36,6 +39,7 @@ while (($#)); do
         --hold) hold="$2"; shift 2 ;;
         --no-stream) streaming=0; shift ;;
         --rates) fixed_rates="$2"; shift 2 ;;
+        --router) router_bin="$2"; shift 2 ;;
         --smoke) smoke=1; duration=1; conns="8"; fixed_conns=8; fixed_rates="200"; hold=200; shift ;;
         *) echo "unknown argument $1" >&2; exit 64 ;;
     esac
@@ -59,14 +63,17 @@ if (($(ulimit -n) < hold + 1000)); then
 fi
 
 target="${CARGO_TARGET_DIR:-target}"
-bins=(-p switchyard -p switchyard-test-support --bin switchyard --bin switchyard-mock --bin switchyard-load)
+bins=(-p switchyard-test-support --bin switchyard-mock --bin switchyard-load)
+[[ -z "$router_bin" ]] && bins+=(-p switchyard --bin switchyard)
 if ((smoke)); then
     cargo build --quiet "${bins[@]}"
     bin="$target/debug"
 else
-    cargo build --release --quiet "${bins[@]}"
+    source scripts/release-flags.sh
+    cargo "${release_config[@]}" build --release --quiet "${bins[@]}"
     bin="$target/release"
 fi
+router="${router_bin:-$bin/switchyard}"
 
 work="$(mktemp -d)"
 pids=()
@@ -125,7 +132,7 @@ http_client: { pool_max_idle_per_host: 256 }
 logging: { level: warn }
 YAML
 start_ns=$(date +%s%N)
-"$bin/switchyard" serve --config "$work/switchyard.yaml" 2>"$work/switchyard.log" &
+"$router" serve --config "$work/switchyard.yaml" 2>"$work/switchyard.log" &
 router_pid=$!
 pids+=($router_pid)
 wait_http "$router_port" /health
@@ -295,7 +302,7 @@ backends:
 health_checks: { enabled: false }
 logging: { level: warn }
 YAML
-"$bin/switchyard" serve --config "$work/hold.yaml" 2>"$work/hold.log" &
+"$router" serve --config "$work/hold.yaml" 2>"$work/hold.log" &
 hold_pid=$!
 pids+=($hold_pid)
 wait_http "$hold_router_port" /health

@@ -224,6 +224,39 @@ fn no_unwrap_or_expect_in_library_code() {
     assert!(hits.is_empty(), "unwrap/expect outside tests:\n{}", hits.join("\n"));
 }
 
+/// The release build reads `pgo/switchyard.profdata` (scripts/release-flags.sh). rustc only
+/// warns about a profile it cannot read and builds without it, so a damaged or replaced
+/// file (a Git LFS pointer, a truncated copy) would silently cost the router its
+/// optimisation: compile a small crate with it and fail on any warning.
+#[test]
+fn the_release_profile_is_one_rustc_reads() {
+    let (root, _) = workspace();
+    let profile = root.join("pgo/switchyard.profdata");
+    assert!(profile.is_file(), "{} is missing: run scripts/pgo-profile.sh", profile.display());
+    let flags = std::fs::read_to_string(root.join("scripts/release-flags.sh")).unwrap();
+    assert!(
+        flags.contains("pgo/switchyard.profdata"),
+        "scripts/release-flags.sh no longer uses the profile"
+    );
+
+    let dir = std::env::temp_dir().join(format!("switchyard-pgo-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = dir.join("check.rs");
+    std::fs::write(&source, "pub fn next(x: u32) -> u32 { x.wrapping_add(1) }\n").unwrap();
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let output = Command::new(rustc)
+        .args(["--crate-type", "lib", "--edition", "2021", "-O", "--out-dir"])
+        .arg(&dir)
+        .arg(format!("-Cprofile-use={}", profile.display()))
+        .arg(&source)
+        .output()
+        .expect("rustc runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "rustc failed with the profile:\n{stderr}");
+    assert!(!stderr.contains("warning"), "rustc cannot use the profile:\n{stderr}");
+}
+
 fn scan(dir: &Path, visit: &mut dyn FnMut(&Path, &str)) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
