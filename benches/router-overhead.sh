@@ -39,7 +39,8 @@ while (($#)); do
         --hold) hold="$2"; shift 2 ;;
         --no-stream) streaming=0; shift ;;
         --rates) fixed_rates="$2"; shift 2 ;;
-        --router) router_bin="$2"; shift 2 ;;
+        # A relative BIN is the caller's: `cd` above left their directory in OLDPWD.
+        --router) router_bin="$2"; [[ $router_bin == /* ]] || router_bin="$OLDPWD/$router_bin"; shift 2 ;;
         --smoke) smoke=1; duration=1; conns="8"; fixed_conns=8; fixed_rates="200"; hold=200; shift ;;
         *) echo "unknown argument $1" >&2; exit 64 ;;
     esac
