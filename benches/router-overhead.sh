@@ -65,13 +65,18 @@ fi
 
 target="${CARGO_TARGET_DIR:-target}"
 bins=(-p switchyard-test-support --bin switchyard-mock --bin switchyard-load)
-[[ -z "$router_bin" ]] && bins+=(-p switchyard --bin switchyard)
 if ((smoke)); then
+    [[ -z "$router_bin" ]] && bins+=(-p switchyard --bin switchyard)
     cargo build --quiet "${bins[@]}"
     bin="$target/debug"
 else
     source scripts/release-flags.sh
     cargo "${release_config[@]}" build --release --quiet "${bins[@]}"
+    # The router on its own, as scripts/run.sh and scripts/pgo-profile.sh build it. In
+    # one build with the test-support binaries, cargo unifies the features of the
+    # dependencies they share and links a different router: one that is not what
+    # scripts/run.sh serves, and whose changed functions the recorded profile misses.
+    [[ -z "$router_bin" ]] && cargo "${release_config[@]}" build --release --quiet -p switchyard --bin switchyard
     bin="$target/release"
 fi
 router="${router_bin:-$bin/switchyard}"
