@@ -66,6 +66,8 @@ fi
 target="${CARGO_TARGET_DIR:-target}"
 bins=(-p switchyard-test-support --bin switchyard-mock --bin switchyard-load)
 if ((smoke)); then
+    # Only checks that every figure is a number: one debug build of all three, whose
+    # unified features are the ones the test suite's own build already compiled.
     [[ -z "$router_bin" ]] && bins+=(-p switchyard --bin switchyard)
     cargo build --quiet "${bins[@]}"
     bin="$target/debug"

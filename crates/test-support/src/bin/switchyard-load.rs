@@ -104,6 +104,7 @@ impl Samples {
 }
 
 /// Shared by the connections of a hold run.
+#[derive(Default)]
 struct Hold {
     first_chunks: AtomicUsize,
     all_open: Notify,
@@ -158,11 +159,7 @@ async fn run(args: Args) -> Result<Summary, String> {
     let body = Bytes::from(request_body(&args.model, args.stream));
     let args = Arc::new(args);
     let connect = Arc::new(Semaphore::new(args.connect_parallelism.max(1)));
-    let hold = Arc::new(Hold {
-        first_chunks: AtomicUsize::new(0),
-        all_open: Notify::new(),
-        release: Notify::new(),
-    });
+    let hold = Arc::new(Hold::default());
     let started = Instant::now();
     let deadline = started + args.duration;
     let mut schedules = match args.rate {
@@ -618,11 +615,7 @@ mod tests {
         let url = format!("{}/v1/chat/completions", mock.url());
         let args = args(&["--url", &url, "--rate", "1"]).unwrap();
         let authority = args.url.authority().unwrap().to_string();
-        let hold = Hold {
-            first_chunks: AtomicUsize::new(0),
-            all_open: Notify::new(),
-            release: Notify::new(),
-        };
+        let hold = Hold::default();
         let (tx, times) = tokio::sync::mpsc::unbounded_channel();
         let now = Instant::now();
         tx.send(now.checked_sub(ms(5)).unwrap()).unwrap();
